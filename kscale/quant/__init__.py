@@ -1,0 +1,61 @@
+"""k-bit quantization core: data types, block-wise quantization, the bit ledger, methods.
+
+See docs/ARCHITECTURE.md (``kscale.quant``) for the contract. GPTQ and proxy quantization
+(issue 7) build on :func:`block_constants` and :func:`nearest_code`.
+"""
+from __future__ import annotations
+
+from kscale.quant._fast import compiled_kernel_available, get_kernel, set_kernel
+from kscale.quant.core import (
+    BlockLayout,
+    QuantizedTensor,
+    block_constants,
+    block_layout,
+    codebook,
+    fake_quantize,
+    nearest_code,
+    normalize_blocks,
+    quantize,
+    store_constant,
+    to_blocks,
+)
+from kscale.quant.dtypes import DTYPES, DataType
+from kscale.quant.filter import ModuleFilter
+from kscale.quant.ledger import BitLedger, LedgerRow, ledger_for, tensor_row
+from kscale.quant.methods import METHODS, apply_method
+from kscale.quant.model import WeightSnapshot, quantize_matrix, quantize_model
+from kscale.quant.modules import quantizable_modules, set_weight_matrix, weight_matrix
+from kscale.quant.spec import QuantSpec
+
+__all__ = [
+    "METHODS",
+    "BitLedger",
+    "LedgerRow",
+    "WeightSnapshot",
+    "apply_method",
+    "ledger_for",
+    "quantizable_modules",
+    "quantize_matrix",
+    "quantize_model",
+    "set_weight_matrix",
+    "tensor_row",
+    "weight_matrix",
+    "DTYPES",
+    "BlockLayout",
+    "DataType",
+    "ModuleFilter",
+    "QuantSpec",
+    "QuantizedTensor",
+    "block_constants",
+    "block_layout",
+    "codebook",
+    "compiled_kernel_available",
+    "fake_quantize",
+    "get_kernel",
+    "nearest_code",
+    "normalize_blocks",
+    "quantize",
+    "set_kernel",
+    "store_constant",
+    "to_blocks",
+]

@@ -1,0 +1,194 @@
+"""``BitLedger``: every stored bit of a quantized model, counted exactly.
+
+The x axis of a k-bit scaling law is *total model bits* (Dettmers & Zettlemoyer 2022, §2.1
+and §5.2), so the count must be exact and say what it includes. See :class:`BitLedger`.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from kscale.quant.core import CODEBOOK_ENTRY_BITS, block_layout
+from kscale.quant.dtypes import DTYPES
+from kscale.quant.filter import ModuleFilter
+from kscale.quant.modules import quantizable_modules, weight_matrix
+from kscale.quant.spec import QuantSpec
+
+__all__ = ["BitLedger", "LedgerRow", "ledger_for", "tensor_row"]
+
+KEPT_BITS = 16  # columns kept out of quantization (proxy quantization) are stored in 16 bit
+
+
+@dataclass(frozen=True)
+class LedgerRow:
+    """Cost of one quantized weight matrix: ``numel`` weights (kept columns included)."""
+
+    name: str
+    numel: int
+    payload_bits: int
+    constant_bits: int
+    other_bits: int
+
+    @property
+    def total_bits(self) -> int:
+        return self.payload_bits + self.constant_bits + self.other_bits
+
+
+@dataclass(frozen=True)
+class BitLedger:
+    """Exact bit count of a model under a :class:`QuantSpec`.
+
+    What is counted, and why:
+
+    - One row per quantized weight matrix (``nn.Linear``/``Conv1D`` selected by the module
+      filter): ``payload_bits`` = k bits per quantized weight (the paper's k; kscale stores 4-bit
+      codes as packed nibbles); ``constant_bits`` = every stored block constant at
+      ``scale_bits`` (two per block when ``centered``: scale and offset) plus, for data-dependent
+      codebooks (``quantile``), 2^k entries x 16 bits per tensor; ``other_bits`` = input columns
+      kept in 16 bit (proxy quantization, §3) at 16 bits each. For the 16-bit baseline a row is
+      16 bits per weight and nothing else.
+    - ``n_params``: every parameter of the model, tied weights (e.g. GPT-2's ``wte``/``lm_head``)
+      counted once; buffers are not parameters and are not counted.
+    - ``n_quantized``: the weights in the rows (matrix sizes, kept columns included).
+    - ``total_bits``: the rows' bits + every other parameter (biases, norms, embeddings, the LM
+      head by default) at ``unquantized_param_bits`` each -- 16 by default, the 16-bit model the
+      paper compares against; with ``None``, each tensor's actual storage bits.
+    - ``bits_per_param``: (row bits) / ``n_quantized`` -- the cost per quantized weight including
+      its share of constants and kept columns: 4 + 16/64 = 4.25 for bits=4, blocksize=64,
+      scale_bits=16 (§5.2); 4.5 with scale_bits=32. NaN when nothing is quantized.
+    """
+
+    rows: tuple[LedgerRow, ...]
+    n_params: int
+    unquantized_bits: int
+
+    @property
+    def n_quantized(self) -> int:
+        return sum(r.numel for r in self.rows)
+
+    @property
+    def payload_bits(self) -> int:
+        return sum(r.payload_bits for r in self.rows)
+
+    @property
+    def constant_bits(self) -> int:
+        return sum(r.constant_bits for r in self.rows)
+
+    @property
+    def other_bits(self) -> int:
+        return sum(r.other_bits for r in self.rows)
+
+    @property
+    def total_bits(self) -> int:
+        return self.payload_bits + self.constant_bits + self.other_bits + self.unquantized_bits
+
+    @property
+    def bits_per_param(self) -> float:
+        n = self.n_quantized
+        if n == 0:
+            return math.nan
+        return (self.payload_bits + self.constant_bits + self.other_bits) / n
+
+    def to_row(self) -> dict[str, Any]:
+        """Measurement columns for result rows."""
+        return {
+            "n_params": self.n_params,
+            "n_quantized": self.n_quantized,
+            "total_bits": self.total_bits,
+            "bits_per_param": self.bits_per_param,
+            "payload_bits": self.payload_bits,
+            "constant_bits": self.constant_bits,
+            "other_bits": self.other_bits,
+        }
+
+
+def tensor_row(name: str, shape: tuple[int, ...], spec: QuantSpec, n_kept_columns: int = 0) -> LedgerRow:
+    """Ledger row of one [out, in] matrix quantized with ``spec``; ``n_kept_columns`` input
+    columns stay in 16 bit and are left out of the block layout (the remaining [out, in - kept]
+    sub-matrix is what gets blocked)."""
+    out_f, in_f = int(shape[0]), int(shape[1])
+    numel = out_f * in_f
+    if spec.is_baseline:
+        return LedgerRow(name, numel, numel * 16, 0, 0)
+    kept = out_f * n_kept_columns
+    q_numel = numel - kept
+    constant_bits = 0
+    if q_numel:
+        layout = block_layout((out_f, in_f - n_kept_columns), spec.blocksize)
+        n_constants = layout.n_blocks * (2 if spec.centered else 1)
+        constant_bits = n_constants * spec.scale_bits
+        if DTYPES.get(spec.dtype).data_dependent:
+            constant_bits += 2**spec.bits * CODEBOOK_ENTRY_BITS
+    return LedgerRow(name, numel, q_numel * spec.bits, constant_bits, kept * KEPT_BITS)
+
+
+def _check_keep_columns(
+    modules: Mapping[str, nn.Module], keep_columns: Mapping[str, torch.Tensor] | None
+) -> dict[str, torch.Tensor]:
+    if not keep_columns:
+        return {}
+    out = {}
+    for name, mask in keep_columns.items():
+        if name not in modules:
+            raise ValueError(
+                f"keep_columns names a module that is not quantized: {name!r}. "
+                f"Quantized modules: {', '.join(modules) or '(none)'}"
+            )
+        in_f = weight_matrix(modules[name]).shape[1]
+        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != (in_f,):
+            got = (mask.dtype, tuple(mask.shape)) if isinstance(mask, torch.Tensor) else type(mask).__name__
+            raise ValueError(
+                f"keep_columns[{name!r}] must be a bool tensor of shape ({in_f},) over input "
+                f"columns; got {got}"
+            )
+        out[name] = mask
+    return out
+
+
+def _param_bits(p: torch.Tensor, unquantized_param_bits: int | None) -> int:
+    per = p.element_size() * 8 if unquantized_param_bits is None else unquantized_param_bits
+    return p.numel() * per
+
+
+def build_ledger(
+    model: nn.Module,
+    rows: list[LedgerRow],
+    quantized: list[torch.Tensor],
+    unquantized_param_bits: int | None = 16,
+) -> BitLedger:
+    """Assemble a ledger from rows of the quantized tensors (identified by object)."""
+    q_ids = {id(t) for t in quantized}
+    n_params = 0
+    other = 0
+    for p in model.parameters():  # deduplicates tied parameters
+        n_params += p.numel()
+        if id(p) not in q_ids:
+            other += _param_bits(p, unquantized_param_bits)
+    return BitLedger(tuple(rows), n_params, other)
+
+
+def ledger_for(
+    model: nn.Module,
+    spec: QuantSpec,
+    module_filter: ModuleFilter | None = None,
+    *,
+    keep_columns: Mapping[str, torch.Tensor] | None = None,
+    unquantized_param_bits: int | None = 16,
+) -> BitLedger:
+    """The ledger :func:`kscale.quant.quantize_model` would return, without touching weights."""
+    modules = quantizable_modules(model, module_filter)
+    keep = _check_keep_columns(modules, keep_columns)
+    rows, tensors, seen = [], [], set()
+    for name, module in modules.items():
+        if id(module.weight) in seen:  # a weight shared by two selected modules: count once
+            continue
+        seen.add(id(module.weight))
+        n_kept = int(keep[name].sum()) if name in keep else 0
+        rows.append(tensor_row(name, tuple(weight_matrix(module).shape), spec, n_kept))
+        tensors.append(module.weight)
+    return build_ledger(model, rows, tensors, unquantized_param_bits)

@@ -1,0 +1,132 @@
+"""Round-to-nearest quantization of a whole model in place, and bitwise snapshot/restore.
+
+"Load once, quantize many": a sweep runs dozens of cells on one loaded model. Each cell takes a
+:class:`WeightSnapshot` (a copy of only the tensors that get quantized), quantizes in place,
+evaluates, and restores the original weights bit for bit.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from kscale.quant.core import fake_quantize
+from kscale.quant.filter import ModuleFilter
+from kscale.quant.ledger import BitLedger, _check_keep_columns, ledger_for
+from kscale.quant.modules import quantizable_modules, set_weight_matrix, weight_matrix
+from kscale.quant.spec import QuantSpec
+
+log = logging.getLogger(__name__)
+
+__all__ = ["quantize_model", "quantize_matrix", "WeightSnapshot"]
+
+
+def quantize_matrix(W: torch.Tensor, spec: QuantSpec, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """Fake-quantize an [out, in] matrix; input columns where ``keep`` is True stay bit-identical
+    and are left out of the block layout (the [out, in - kept] sub-matrix is blocked)."""
+    if keep is None or not bool(keep.any()):
+        return fake_quantize(W, spec)
+    keep = keep.to(W.device)
+    out = W.detach().clone()
+    if bool((~keep).any()):
+        out[:, ~keep] = fake_quantize(W[:, ~keep].contiguous(), spec)
+    return out
+
+
+@torch.no_grad()
+def quantize_model(
+    model: nn.Module,
+    spec: QuantSpec,
+    *,
+    module_filter: ModuleFilter | None = None,
+    keep_columns: Mapping[str, torch.Tensor] | None = None,
+    progress: bool = True,
+    unquantized_param_bits: int | None = 16,
+) -> BitLedger:
+    """Round-to-nearest quantize every selected ``nn.Linear``/``Conv1D`` weight in place.
+
+    Args:
+        model: modified in place (take a :class:`WeightSnapshot` first to undo it).
+        spec: the cell; ``bits=16`` leaves weights untouched and returns the 16-bit ledger.
+        module_filter: which modules (default :class:`ModuleFilter`: all but the LM head).
+        keep_columns: module name -> bool [in_features] mask of input columns kept in 16 bit
+            (proxy quantization, issue 7); counted as ``other_bits``.
+        progress: show a tqdm bar over modules.
+        unquantized_param_bits: see :class:`BitLedger`.
+
+    Returns:
+        The :class:`BitLedger` of the quantized model.
+    """
+    modules = quantizable_modules(model, module_filter)
+    keep = _check_keep_columns(modules, keep_columns)
+    ledger = ledger_for(
+        model, spec, module_filter, keep_columns=keep, unquantized_param_bits=unquantized_param_bits
+    )
+    if spec.is_baseline:
+        return ledger
+    start = time.perf_counter()
+    done: set[int] = set()
+    for name, module in tqdm(modules.items(), desc=f"rtn {spec.label}", disable=not progress, leave=False):
+        if id(module.weight) in done:
+            continue
+        done.add(id(module.weight))
+        set_weight_matrix(module, quantize_matrix(weight_matrix(module), spec, keep.get(name)))
+    log.info(
+        "quantized %d matrices spec=%s in %.1fs (bits_per_param=%.4f)",
+        len(done), spec.label, time.perf_counter() - start, ledger.bits_per_param,
+    )
+    return ledger
+
+
+class WeightSnapshot:
+    """A copy of the weights that quantization will overwrite, restorable bit for bit.
+
+    Keeps one copy of only the selected ``nn.Linear``/``Conv1D`` weights (not embeddings,
+    biases or norms), optionally on another device (``device="cpu"`` to spare GPU memory).
+
+    >>> with WeightSnapshot(model) as snap:          # doctest: +SKIP
+    ...     ledger = quantize_model(model, spec)     # evaluate ...
+    ... # weights restored here; or call snap.restore() between cells yourself
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        module_filter: ModuleFilter | None = None,
+        *,
+        device: str | torch.device | None = None,
+    ) -> None:
+        self._saved: list[tuple[torch.Tensor, torch.Tensor]] = []
+        seen: set[int] = set()
+        with torch.no_grad():
+            for module in quantizable_modules(model, module_filter).values():
+                p = module.weight
+                if id(p) in seen:
+                    continue
+                seen.add(id(p))
+                copy = p.detach().to(device=device or p.device, copy=True)
+                self._saved.append((p, copy))
+
+    @property
+    def n_tensors(self) -> int:
+        return len(self._saved)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(c.numel() * c.element_size() for _, c in self._saved)
+
+    def restore(self) -> None:
+        """Copy the saved weights back (bitwise: same dtype, plain copy)."""
+        with torch.no_grad():
+            for p, copy in self._saved:
+                p.copy_(copy)
+
+    def __enter__(self) -> WeightSnapshot:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.restore()

@@ -3,16 +3,32 @@
 The size table maps the labels users type (``125m``) to hub ids (``facebook/opt-125m``),
 ordered from smallest to largest. Families whose checkpoints kscale builds itself (the
 ``toy`` ladder) name a checkpoint *provider* instead of relying on the hub.
+
+The built-in families are the ones Dettmers & Zettlemoyer (2022) study (OPT, Pythia, GPT-2,
+BLOOM; §4 "Experimental setup") plus a generic ``llama`` family for any
+``AutoModelForCausalLM`` checkpoint. Their module filters quantize the linear layers inside
+the transformer blocks only: embeddings, the LM head and OPT-350m's ``project_in/out`` stay in
+16 bit, as in the paper's setup (which quantizes "all linear layers" of the blocks) and in
+GPTQ's ``find_layers`` over ``model.decoder.layers``.
 """
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from types import MappingProxyType
+from typing import Any, Protocol, TypeVar
 
 from kscale.quant.filter import ModuleFilter
 from kscale.registry import Registry
+
+T = TypeVar("T")
+
+# Packages that register extra families/providers/corpora when imported. They are imported
+# lazily, on the first lookup of a name that is not registered yet, so that importing
+# kscale.models stays cheap and a missing optional package is not an error.
+PLUGIN_MODULES: tuple[str, ...] = ("kscale.toy",)
 
 
 @dataclass(frozen=True)
@@ -26,8 +42,12 @@ class ModelFamily:
         seqlen: default evaluation sequence length (the model's context in GPTQ's protocol).
         outlier_pairs: (producer glob, consumer glob) pairs for proxy quantization: the output
             units of the producer whose weights have the largest std mark the *input* columns of
-            the consumer that stay in 16 bit (Dettmers & Zettlemoyer 2022, §3).
+            the consumer that stay in 16 bit (Dettmers & Zettlemoyer 2022, §3). The ``*`` in a
+            pair stands for the same block index in both globs (pairs are within one block).
         provider: name in :data:`PROVIDERS` that materialises local checkpoints, or None (hub).
+        open_sizes: the size table lists examples only; any label is accepted when the user
+            gives its checkpoint (``checkpoints=``, ``local_paths=`` or ``local_dir``), as for
+            the generic ``llama`` family.
     """
 
     name: str
@@ -37,6 +57,19 @@ class ModelFamily:
     outlier_pairs: tuple[tuple[str, str], ...] = ()
     provider: str | None = None
     description: str = ""
+    open_sizes: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sizes", MappingProxyType(dict(self.sizes)))
+        object.__setattr__(self, "outlier_pairs", tuple(tuple(p) for p in self.outlier_pairs))
+        if not isinstance(self.seqlen, int) or self.seqlen < 2:
+            raise ValueError(f"family {self.name!r}: seqlen must be an int >= 2; got {self.seqlen!r}")
+        for pair in self.outlier_pairs:
+            if len(pair) != 2:
+                raise ValueError(f"family {self.name!r}: outlier_pairs entries are (producer, consumer); got {pair!r}")
+
+    def size_labels(self) -> list[str]:
+        return list(self.sizes)
 
 
 class CheckpointProvider(Protocol):
@@ -49,9 +82,136 @@ class CheckpointProvider(Protocol):
         """Build whatever is missing and return ``size -> checkpoint dir``."""
 
 
-FAMILIES: Registry[ModelFamily] = Registry("model family")
-PROVIDERS: Registry[CheckpointProvider] = Registry("checkpoint provider")
+def import_plugins() -> None:
+    """Import :data:`PLUGIN_MODULES`; a plugin that is absent is skipped, any other error raises."""
+    for module in PLUGIN_MODULES:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:  # only "the plugin itself is not there" is tolerated
+            if exc.name != module:
+                raise
+
+
+class PluginRegistry(Registry[T]):
+    """A :class:`Registry` that imports :data:`PLUGIN_MODULES` before reporting a name missing.
+
+    Registries fill only when their defining module is imported; the toy family lives in
+    ``kscale.toy``, which imports this module, so it cannot be imported eagerly from here.
+    """
+
+    def get(self, name: str) -> T:
+        if name not in self._items:
+            import_plugins()
+        return super().get(name)
+
+    def names(self) -> list[str]:
+        import_plugins()
+        return super().names()
+
+    def __contains__(self, name: object) -> bool:
+        if name not in self._items:
+            import_plugins()
+        return name in self._items
+
+
+FAMILIES: Registry[ModelFamily] = PluginRegistry("model family")
+PROVIDERS: Registry[CheckpointProvider] = PluginRegistry("checkpoint provider")
 
 
 def get_family(name: str) -> ModelFamily:
+    """The registered family ``name`` (imports plugin packages such as ``kscale.toy`` on demand)."""
     return FAMILIES.get(name)
+
+
+# ----------------------------------------------------------------------------- built-ins
+
+def _filter(*include: str) -> ModuleFilter:
+    # Block linears only; the default excludes (lm_head, embed_out) stay as a second guard.
+    return ModuleFilter(include=include)
+
+
+# OPT (Zhang et al. 2022). Pre-LN blocks: attention out_proj writes the residual stream that
+# fc1 reads (after the final LayerNorm of the block), and fc1's hidden units feed fc2; these are
+# the producer -> consumer pairs of the paper's proxy quantization (§3, App. D).
+FAMILIES.register("opt", ModelFamily(
+    name="opt",
+    sizes={s: f"facebook/opt-{s}" for s in ("125m", "350m", "1.3b", "2.7b", "6.7b", "13b", "30b", "66b")},
+    module_filter=_filter("model.decoder.layers.*"),
+    seqlen=2048,
+    outlier_pairs=(
+        ("model.decoder.layers.*.self_attn.out_proj", "model.decoder.layers.*.fc1"),
+        ("model.decoder.layers.*.fc1", "model.decoder.layers.*.fc2"),
+    ),
+    description="Meta OPT, 125M-66B (GPT-2 BPE with fairseq ids; tokenizer prepends </s> as BOS)",
+))
+
+_PYTHIA_SIZES = ("70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b")
+# GPT-NeoX blocks use a parallel residual: attention and MLP read the same normed input, so the
+# attention output (dense) reaches the next block's MLP through the residual stream; inside the
+# MLP, dense_h_to_4h's hidden units feed dense_4h_to_h directly.
+_NEOX_PAIRS = (
+    ("gpt_neox.layers.*.attention.dense", "gpt_neox.layers.*.mlp.dense_h_to_4h"),
+    ("gpt_neox.layers.*.mlp.dense_h_to_4h", "gpt_neox.layers.*.mlp.dense_4h_to_h"),
+)
+FAMILIES.register("pythia", ModelFamily(
+    name="pythia",
+    sizes={s: f"EleutherAI/pythia-{s}" for s in _PYTHIA_SIZES},
+    module_filter=_filter("gpt_neox.layers.*"),
+    seqlen=2048,
+    outlier_pairs=_NEOX_PAIRS,
+    description="EleutherAI Pythia (GPT-NeoX), trained on the Pile; no BOS added by the tokenizer",
+))
+FAMILIES.register("pythia-deduped", ModelFamily(
+    name="pythia-deduped",
+    sizes={s: f"EleutherAI/pythia-{s}-deduped" for s in _PYTHIA_SIZES},
+    module_filter=_filter("gpt_neox.layers.*"),
+    seqlen=2048,
+    outlier_pairs=_NEOX_PAIRS,
+    description="EleutherAI Pythia trained on the deduplicated Pile",
+))
+
+# GPT-2 stores its block linears as transformers Conv1D ([in, out] weights); c_attn is fused QKV.
+FAMILIES.register("gpt2", ModelFamily(
+    name="gpt2",
+    sizes={
+        "small": "openai-community/gpt2",
+        "medium": "openai-community/gpt2-medium",
+        "large": "openai-community/gpt2-large",
+        "xl": "openai-community/gpt2-xl",
+    },
+    module_filter=_filter("transformer.h.*"),
+    seqlen=1024,
+    outlier_pairs=(
+        ("transformer.h.*.attn.c_proj", "transformer.h.*.mlp.c_fc"),
+        ("transformer.h.*.mlp.c_fc", "transformer.h.*.mlp.c_proj"),
+    ),
+    description="OpenAI GPT-2 (Conv1D linears, 1024-token context)",
+))
+
+# BLOOM uses ALiBi (no learned positions); GPTQ's bloom.py evaluates it at seqlen 2048.
+FAMILIES.register("bloom", ModelFamily(
+    name="bloom",
+    sizes={s: f"bigscience/bloom-{s}" for s in ("560m", "1b1", "1b7", "3b", "7b1")},
+    module_filter=_filter("transformer.h.*"),
+    seqlen=2048,
+    outlier_pairs=(
+        ("transformer.h.*.self_attention.dense", "transformer.h.*.mlp.dense_h_to_4h"),
+        ("transformer.h.*.mlp.dense_h_to_4h", "transformer.h.*.mlp.dense_4h_to_h"),
+    ),
+    description="BigScience BLOOM, 560M-7.1B",
+))
+
+# Generic Llama-style decoder (also Mistral, Qwen2, ...): any label works when the user gives
+# its checkpoint; the table lists the Llama-2 base models as examples (gated on the hub).
+FAMILIES.register("llama", ModelFamily(
+    name="llama",
+    sizes={"7b": "meta-llama/Llama-2-7b-hf", "13b": "meta-llama/Llama-2-13b-hf", "70b": "meta-llama/Llama-2-70b-hf"},
+    module_filter=_filter("model.layers.*"),
+    seqlen=2048,
+    outlier_pairs=(
+        ("model.layers.*.self_attn.o_proj", "model.layers.*.mlp.up_proj"),
+        ("model.layers.*.mlp.up_proj", "model.layers.*.mlp.down_proj"),
+    ),
+    open_sizes=True,
+    description="Any Llama-architecture AutoModelForCausalLM checkpoint (sizes given by the user)",
+))

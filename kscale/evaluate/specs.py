@@ -1,0 +1,118 @@
+"""Frozen evaluation specs and the pure ``dict -> specs`` conversion of a ``conf/eval`` group."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any, Union
+
+from kscale.registry import did_you_mean
+
+
+@dataclass(frozen=True)
+class PerplexitySpec:
+    """One perplexity measurement.
+
+    Attributes:
+        dataset: corpus name in :data:`kscale.data.CORPORA` (``wikitext2``, ``ptb``, ``c4``, ``text``, ``toy``).
+        protocol: name in :data:`kscale.evaluate.PROTOCOLS` (``gptq``, ``sliding``, ``rolling``).
+        seqlen: window length in tokens; None = the suite's ``seqlen_default`` (the family's).
+        stride: ``sliding`` only: tokens between window starts; None = ``seqlen // 2``.
+        max_tokens: budget: only the first ``max_tokens`` tokens of the stream (``gptq``,
+            ``sliding``) or whole documents until that many tokens (``rolling``). None = all.
+        max_windows: budget in windows (applied after ``max_tokens``). None = all.
+        kl: measure KL(p16 || pq) and top-1 agreement against the suite's reference model.
+        kl_max_tokens: the reference keeps full log-probabilities (fp16) for this many scored
+            tokens (memory: tokens x vocab x 2 bytes); top-1 agreement uses all scored tokens.
+        split, path: corpus split and optional local file (``text`` corpus).
+    """
+
+    dataset: str
+    protocol: str = "gptq"
+    seqlen: int | None = None
+    stride: int | None = None
+    max_tokens: int | None = None
+    max_windows: int | None = None
+    kl: bool = True
+    kl_max_tokens: int = 4096
+    split: str = "test"
+    path: str | None = None
+
+    def __post_init__(self) -> None:
+        from kscale.evaluate.perplexity import PROTOCOLS
+
+        PROTOCOLS.get(self.protocol)  # unknown -> did-you-mean error
+        for name in ("seqlen", "stride", "max_tokens", "max_windows"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"perplexity {name} must be a positive int or null; got {value!r}")
+        if self.seqlen is not None and self.seqlen < 2:
+            raise ValueError(f"perplexity seqlen must be >= 2; got {self.seqlen}")
+        if self.stride is not None and self.protocol != "sliding":
+            raise ValueError(f"stride applies to protocol 'sliding' only; got stride={self.stride} "
+                             f"with protocol {self.protocol!r}")
+        if self.kl_max_tokens < 0:
+            raise ValueError(f"kl_max_tokens must be >= 0; got {self.kl_max_tokens}")
+
+
+@dataclass(frozen=True)
+class ZeroShotSpec:
+    """One zero-shot task (:data:`kscale.evaluate.TASKS`), optionally on its first ``limit`` items."""
+
+    task: str
+    limit: int | None = None
+
+    def __post_init__(self) -> None:
+        from kscale.evaluate.zeroshot import TASKS
+
+        TASKS.get(self.task)
+        if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 1):
+            raise ValueError(f"zero-shot limit must be a positive int or null; got {self.limit!r}")
+
+
+EvalTaskSpec = Union[PerplexitySpec, ZeroShotSpec]
+
+_GROUP_KEYS = ("perplexity", "zeroshot", "kl", "source", "kl_max_tokens", "name", "seqlen")
+
+
+def _build(cls, entry: Any, where: str, defaults: Mapping[str, Any]):
+    if isinstance(entry, str):
+        entry = {"dataset" if cls is PerplexitySpec else "task": entry}
+    if not isinstance(entry, Mapping):
+        raise ValueError(f"{where}: each entry must be a mapping or a name; got {entry!r}")
+    allowed = [f.name for f in fields(cls)]
+    for key in entry:
+        if key not in allowed:
+            raise ValueError(f"{where}: unknown key {key!r}.{did_you_mean(str(key), allowed)} "
+                             f"Allowed: {', '.join(allowed)}")
+    kw = {k: v for k, v in defaults.items() if k in allowed}
+    kw.update({k: v for k, v in entry.items()})
+    return cls(**kw)
+
+
+def eval_specs_from_config(d: Mapping[str, Any]) -> list[EvalTaskSpec]:
+    """Convert one ``conf/eval/<name>.yaml`` body (a plain dict) to frozen specs.
+
+    Keys: ``perplexity: [{dataset, protocol, seqlen, stride, max_tokens, ...}]``,
+    ``zeroshot: [{task, limit}]``, ``kl`` (default for every perplexity entry),
+    ``kl_max_tokens``, ``seqlen`` (default for entries without one), ``source`` and ``name``
+    (read by :class:`~kscale.evaluate.EvalSuite`'s caller, ignored here).
+    Unknown keys, protocols and tasks raise ``ValueError`` with a did-you-mean hint.
+    """
+    if not isinstance(d, Mapping):
+        raise ValueError(f"an eval config must be a mapping; got {type(d).__name__}")
+    for key in d:
+        if key not in _GROUP_KEYS:
+            raise ValueError(f"eval config: unknown key {key!r}.{did_you_mean(str(key), _GROUP_KEYS)} "
+                             f"Allowed: {', '.join(_GROUP_KEYS)}")
+    defaults = {k: d[k] for k in ("kl", "kl_max_tokens", "seqlen") if k in d and d[k] is not None}
+    specs: list[EvalTaskSpec] = []
+    for i, entry in enumerate(d.get("perplexity") or []):
+        specs.append(_build(PerplexitySpec, entry, f"eval perplexity[{i}]", defaults))
+    for i, entry in enumerate(d.get("zeroshot") or []):
+        specs.append(_build(ZeroShotSpec, entry, f"eval zeroshot[{i}]", {}))
+    names = [s.dataset if isinstance(s, PerplexitySpec) else s.task for s in specs]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"eval config: each dataset/task may appear once (metric keys are "
+                         f"'{{metric}}_{{dataset}}'); repeated: {dupes}")
+    return specs

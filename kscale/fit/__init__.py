@@ -1,0 +1,28 @@
+"""Scaling-law fits with honest uncertainty.
+
+* :mod:`kscale.fit.laws`        — ``LAWS`` registry (``power``, ``offset``, ``neff``, ``chinchilla``) and :class:`Law`.
+* :mod:`kscale.fit.core`        — :func:`fit_law` (summed Huber on log loss, L-BFGS-B from a grid) → :class:`LawFit`.
+* :mod:`kscale.fit.bootstrap`   — :func:`bootstrap_law`: resampled fits, parameter intervals, optimal-``bits`` decisions.
+* :mod:`kscale.fit.extrapolate` — :func:`extrapolate`: fit without the largest size(s), predict them.
+* :mod:`kscale.fit.degenerate`  — :func:`clean_points`: mask/clip collapsed models with a warning.
+"""
+from __future__ import annotations
+
+from kscale.fit.degenerate import (
+    CHANCE_ACCURACY,
+    MAX_PPL,
+    CleanReport,
+    DegeneratePointsWarning,
+    clean_points,
+)
+from kscale.fit.core import HUBER_DELTA, FitError, LawFit, fit_law, higher_is_better
+from kscale.fit.laws import LAWS, Law, get_law, register_law
+from kscale.fit.bootstrap import BootstrapResult, bootstrap_law, candidate_frame
+from kscale.fit.extrapolate import ExtrapolationResult, extrapolate
+
+__all__ = [
+    "CHANCE_ACCURACY", "MAX_PPL", "CleanReport", "DegeneratePointsWarning", "clean_points",
+    "HUBER_DELTA", "FitError", "LawFit", "fit_law", "higher_is_better",
+    "LAWS", "Law", "get_law", "register_law",
+    "BootstrapResult", "bootstrap_law", "candidate_frame", "ExtrapolationResult", "extrapolate",
+]

@@ -71,7 +71,7 @@ class ZeroShotSpec:
 
 EvalTaskSpec = Union[PerplexitySpec, ZeroShotSpec]
 
-_GROUP_KEYS = ("perplexity", "zeroshot", "kl", "source", "kl_max_tokens", "name", "seqlen")
+_GROUP_KEYS = ("perplexity", "zeroshot", "kl", "source", "kl_max_tokens", "name", "seqlen", "batch_size")
 
 
 def _build(cls, entry: Any, where: str, defaults: Mapping[str, Any]):
@@ -94,7 +94,7 @@ def eval_specs_from_config(d: Mapping[str, Any]) -> list[EvalTaskSpec]:
 
     Keys: ``perplexity: [{dataset, protocol, seqlen, stride, max_tokens, ...}]``,
     ``zeroshot: [{task, limit}]``, ``kl`` (default for every perplexity entry),
-    ``kl_max_tokens``, ``seqlen`` (default for entries without one), ``source`` and ``name``
+    ``kl_max_tokens``, ``seqlen`` (default for entries without one), ``source``, ``batch_size`` and ``name``
     (read by :class:`~kscale.evaluate.EvalSuite`'s caller, ignored here).
     Unknown keys, protocols and tasks raise ``ValueError`` with a did-you-mean hint.
     """

@@ -12,9 +12,10 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -85,10 +86,13 @@ class EvalSuite:
         seqlen_default: window length for specs without ``seqlen`` (the family's ``seqlen``).
         source: ``auto``/``local``/``hub`` for every dataset.
         batch_size: perplexity windows per forward pass (equal-length windows only).
+        corpus_options: extra loader keywords per corpus name, e.g. ``{"toy": provider_options}``
+            so the toy corpus is generated from the same language the ladder was trained on.
     """
 
     def __init__(self, specs: Sequence[EvalTaskSpec], tokenizer, *, data_dir=None, cache_dir=None,
-                 device=None, seqlen_default: int = 2048, source: str = "auto", batch_size: int = 1) -> None:
+                 device=None, seqlen_default: int = 2048, source: str = "auto", batch_size: int = 1,
+                 corpus_options: Mapping[str, Mapping[str, Any]] | None = None) -> None:
         from kscale.data.corpus import check_source
 
         if not specs:
@@ -101,6 +105,7 @@ class EvalSuite:
         self.seqlen_default = int(seqlen_default)
         self.source = check_source(source)
         self.batch_size = int(batch_size)
+        self.corpus_options = {k: dict(v) for k, v in (corpus_options or {}).items()}
         self._ppl: list[_Prepared] | None = None
         self._tasks: list[_PreparedTask] | None = None
         self.has_reference = False
@@ -148,7 +153,7 @@ class EvalSuite:
             seqlen = self._seqlen(spec)
             t0 = time.perf_counter()
             corpus = load_corpus(spec.dataset, data_dir=self.data_dir, split=spec.split, source=self.source,
-                                 path=spec.path)
+                                 path=spec.path, **self.corpus_options.get(spec.dataset, {}))
             stream = tokenize_corpus(self.tokenizer, corpus, proto, cache_dir=self.cache_dir)
             stream = budget_stream(stream, proto, spec.max_tokens)
             windows = proto.make_windows(stream, seqlen, spec.stride, prefix_token_id(self.tokenizer))

@@ -185,7 +185,7 @@ def torch_single_thread() -> Iterator[None]:
     The fit's tensors are tiny; with several threads torch's OpenMP workers spin between calls
     and steal the core that scipy's L-BFGS-B needs (measured: 3x slower on a 2-core machine).
     Likewise scipy's OpenBLAS threads around each L-BFGS-B step; those are limited through
-    ``threadpoolctl`` when it is installed (otherwise set ``OPENBLAS_NUM_THREADS=1``).
+    ``threadpoolctl``.
     """
     n = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -198,51 +198,12 @@ def torch_single_thread() -> Iterator[None]:
 
 @contextlib.contextmanager
 def _blas_single_thread() -> Iterator[None]:
-    """Limit scipy's bundled OpenBLAS to one thread (threadpoolctl if installed, else its C API)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        pass
-    else:
-        with threadpool_limits(limits=1, user_api="blas"):
-            yield
-        return
-    libs = _scipy_openblas()
-    old = [get() for _, get in libs]
-    for (set_, _), _n in zip(libs, old):
-        set_(1)
-    try:
+    """Limit the BLAS that scipy/numpy bundle to one thread for the duration (threadpoolctl,
+    the maintained tool for exactly this, rather than poking OpenBLAS's C API by hand)."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
         yield
-    finally:
-        for (set_, _), n in zip(libs, old):
-            set_(n)
-
-
-_OPENBLAS: list | None = None
-
-
-def _scipy_openblas() -> list:
-    """(set_num_threads, get_num_threads) of the OpenBLAS wheels scipy/numpy bundle; [] if not found."""
-    global _OPENBLAS
-    if _OPENBLAS is None:
-        import ctypes
-        import glob
-        import os
-
-        import scipy
-
-        found = []
-        site = os.path.dirname(os.path.dirname(scipy.__file__))
-        for path in glob.glob(os.path.join(site, "scipy.libs", "libscipy_openblas*.so*")):
-            try:
-                lib = ctypes.CDLL(path)
-                set_, get = lib.scipy_openblas_set_num_threads, lib.scipy_openblas_get_num_threads
-            except (OSError, AttributeError):
-                continue
-            set_.argtypes, get.restype = [ctypes.c_int], ctypes.c_int
-            found.append((set_, get))
-        _OPENBLAS = found
-    return _OPENBLAS
 
 
 def minimize_batch(

@@ -59,3 +59,13 @@ __all__ = [
     "store_constant",
     "to_blocks",
 ]
+
+# Methods and helpers built on the core. Importing gptq registers METHODS["gptq"]
+# (registries fill only when their module is imported).
+from kscale.quant import gptq as _gptq  # noqa: E402,F401
+from kscale.quant.calibration import CalibrationConfig, calibration_tokens  # noqa: E402
+from kscale.quant.gptq import GPTQConfig  # noqa: E402
+from kscale.quant.outliers import keep_columns_for, outlier_keep_columns  # noqa: E402
+
+__all__ += ["CalibrationConfig", "GPTQConfig", "calibration_tokens", "keep_columns_for",
+            "outlier_keep_columns"]

@@ -21,7 +21,7 @@ __all__ = ["METHODS", "Method", "apply_method", "rtn"]
 Method = Callable[..., BitLedger]
 METHODS: Registry[Method] = Registry("method")
 
-_RTN_OPTIONS = ("progress", "keep_columns", "unquantized_param_bits")
+_RTN_OPTIONS = ("progress", "keep_columns", "unquantized_param_bits", "outlier_pairs")
 
 
 @METHODS.register("rtn")
@@ -36,7 +36,9 @@ def rtn(
     """Zero-shot round-to-nearest (the paper's main method, §2): no calibration data used.
 
     ``options`` may hold ``progress``, ``keep_columns``, ``unquantized_param_bits`` (see
-    :func:`quantize_model`).
+    :func:`quantize_model`) and ``outlier_pairs`` (the family's (producer, consumer) globs):
+    with ``spec.outlier_frac > 0`` and no explicit ``keep_columns``, the proxy-quantization
+    columns (paper §3) are derived from the pairs and kept in 16 bit.
     """
     options = dict(options or {})
     unknown = sorted(set(options) - set(_RTN_OPTIONS))
@@ -44,6 +46,13 @@ def rtn(
         raise ValueError(
             f"unknown rtn option(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(_RTN_OPTIONS)}"
         )
+    pairs = options.pop("outlier_pairs", None)
+    if "keep_columns" not in options:
+        from kscale.quant.outliers import keep_columns_for
+
+        keep = keep_columns_for(model, spec, outlier_pairs=pairs, module_filter=module_filter)
+        if keep:
+            options["keep_columns"] = keep
     return quantize_model(model, spec, module_filter=module_filter, **options)
 
 

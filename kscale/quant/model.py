@@ -75,7 +75,7 @@ def quantize_model(
             continue
         done.add(id(module.weight))
         set_weight_matrix(module, quantize_matrix(weight_matrix(module), spec, keep.get(name)))
-    log.info(
+    log.debug(
         "quantized %d matrices spec=%s in %.1fs (bits_per_param=%.4f)",
         len(done), spec.label, time.perf_counter() - start, ledger.bits_per_param,
     )

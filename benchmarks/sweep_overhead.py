@@ -1,0 +1,73 @@
+#!/usr/bin/env python
+"""Sweep overhead: one model x 6 cells, load once vs the naive one-process-per-cell way.
+
+    python benchmarks/sweep_overhead.py [overrides ...]      (default: model=toy, its largest size)
+
+Reports
+  * ratio = job wall time (load + 16-bit reference + quantize + evaluate + row writes) divided by
+    the sum of the cells' eval_s (target <= 1.15: bookkeeping adds at most 15 %), and
+  * the naive wall time: ``python run_sweep.py ... bits=<k>`` once per cell, each process
+    importing torch and reloading the model, for comparison.
+Extra arguments are Hydra overrides applied to both (e.g. ``model.sizes=[m]`` or an eval budget).
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BITS = [3, 4, 5, 6, 8, 16]
+
+
+def compose(overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+        return compose(config_name="sweep", overrides=overrides, return_hydra_config=True)
+
+
+def main(argv: list[str]) -> dict:
+    from kscale.config import build_plan
+    from kscale.models import prepare_models
+    from kscale.results import load_results
+    from kscale.sweep import run_plan
+
+    out = Path(tempfile.mkdtemp(prefix="kscale-bench-"))
+    base = ["model=toy", "dtype=int", "blocksize=64", "report=false", "progress=false",
+            f"results_dir={out}", "wandb.mode=disabled"] + argv
+    probe = build_plan(compose(base + ["bits=16"]))
+    if not any(a.startswith("model.sizes") for a in argv):  # default: the largest size
+        base.append(f"model.sizes=[{probe.models[-1].size}]")
+    plan = build_plan(compose(base + [f"bits=[{','.join(map(str, BITS))}]", "name=in_job"]))
+    assert len(plan.models) == 1 and len(plan.cells) == len(BITS), (plan.models, plan.cells)
+    prepare_models(list(plan.models), plan.provider_options)  # train the toy ladder outside the timing
+
+    t0 = time.perf_counter()
+    run_plan(plan)
+    job_s = time.perf_counter() - t0
+    df = load_results(plan.study_dir)
+    eval_s = float(df["eval_s"].sum())
+
+    t0 = time.perf_counter()
+    for k in BITS:
+        subprocess.run([sys.executable, str(ROOT / "run_sweep.py"), *base, f"bits={k}", "name=naive",
+                        "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"],
+                       check=True, cwd=ROOT, capture_output=True)
+    naive_s = time.perf_counter() - t0
+    result = {
+        "model": f"{plan.models[0].family}-{plan.models[0].size}", "cells": len(plan.cells),
+        "job_s": round(job_s, 2), "sum_eval_s": round(eval_s, 2),
+        "ratio": round(job_s / eval_s, 3), "target_ratio": 1.15,
+        "naive_one_process_per_cell_s": round(naive_s, 2),
+        "speedup_vs_naive": round(naive_s / job_s, 2),
+    }
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

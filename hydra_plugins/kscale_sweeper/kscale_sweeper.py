@@ -1,0 +1,176 @@
+"""kscale's Hydra sweeper: quantization axes become in-job lists, models become jobs.
+
+``python run_sweep.py model=opt,pythia bits=3,4,8 dtype=int,float`` is, for the basic sweeper,
+2 x 3 x 2 = 12 jobs that each load a model. Loading costs far more than quantizing, so this
+sweeper instead
+
+1. turns comma lists of the quantization axes (``method, dtype, bits, blocksize, centered,
+   exponent_bits, scale_bits, outlier_frac, seed``) and of ``model.sizes`` into list values
+   (``bits=[3,4,8]``) that every job loops over with one loaded model;
+2. takes the cartesian product of the remaining sweeps (``model=opt,pythia``, ``eval=a,b``, ...);
+3. composes and validates each combination with :func:`kscale.config.build_plan` *before*
+   launching anything (an invalid override fails here: nothing loaded, nothing written);
+4. launches one job per model (family x size) with ``model.sizes=[<size>]``, skipping models whose
+   cells are all finished, so ``hydra/launcher=joblib|submitit_local|submitit_slurm`` spreads
+   models over workers;
+5. after the jobs: exports the merged table, writes the report (``report=true``) and prints where
+   things are; then re-raises the first job failure, so the exit code means something.
+
+Grid values can also come from config, as with the basic sweeper: ``hydra.sweeper.params``
+(``model: opt,pythia``) in an experiment file; the command line wins over it per key.
+"""
+# no `from __future__ import annotations`: Hydra execs plugin modules outside sys.modules,
+# where dataclasses cannot resolve string annotations.
+
+import itertools
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import CompactHydraException, HydraException
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+#: Overrides whose comma lists stay inside a job (kscale.sweep.grid.QUANT_AXES + model.sizes).
+IN_JOB_AXES = (
+    "method", "dtype", "bits", "blocksize", "centered", "exponent_bits", "scale_bits",
+    "outlier_frac", "seed", "model.sizes",
+)
+
+
+@dataclass
+class KscaleSweeperConf:
+    _target_: str = "hydra_plugins.kscale_sweeper.kscale_sweeper.KscaleSweeper"
+    #: launch at most this many jobs at a time (None = all at once)
+    max_batch_size: Optional[int] = None
+    #: default grid, e.g. {"model": "opt,pythia"}; the command line wins per key
+    params: Optional[Dict[str, str]] = None
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="kscale", node=KscaleSweeperConf,
+                             provider="kscale")
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def split_overrides(overrides: Sequence[Any]) -> "OrderedDict[str, List[str]]":
+    """Per override key, the list of ``key=value`` strings jobs take (one for non-sweeps).
+
+    In-job axes get a single ``key=[v1,v2,...]`` entry; other sweeps one entry per value.
+    A later override of the same key replaces an earlier one (command line over config params).
+    """
+    out: "OrderedDict[str, List[str]]" = OrderedDict()
+    for o in overrides:
+        key = o.get_key_element()
+        bare = key.lstrip("+~")
+        out.pop(key, None)
+        if o.is_sweep_override():
+            if not o.is_discrete_sweep():
+                raise HydraException(
+                    f"{key}: interval sweeps are not supported by the kscale sweeper; "
+                    "give a comma list or range(...)"
+                )
+            values = list(o.sweep_string_iterator())
+            if bare in IN_JOB_AXES:
+                out[key] = [f"{key}=[{','.join(values)}]"]
+            else:
+                out[key] = [f"{key}={v}" for v in values]
+        else:
+            out[key] = [f"{key}={o.get_value_element_as_str()}"]
+    return out
+
+
+class InvalidSweepConfig(CompactHydraException):
+    """A kscale ConfigError; Hydra prints just the message (no stack) and exits with code 1."""
+
+
+class KscaleSweeper(Sweeper):
+    """Group the grid by model; see the module docstring."""
+
+    def __init__(self, max_batch_size: Optional[int] = None,
+                 params: Optional[Dict[str, str]] = None) -> None:
+        super().__init__()
+        self.max_batch_size = max_batch_size
+        self.params = dict(params or {})
+        self.hydra_context: Optional[HydraContext] = None
+        self.config: Optional[DictConfig] = None
+        self.launcher = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
+              config: DictConfig) -> None:
+        from hydra.core.plugins import Plugins
+
+        self.hydra_context = hydra_context
+        self.config = config
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config)
+
+    def plan_jobs(self, arguments: List[str]) -> "tuple[List[Any], Dict[str, Any]]":
+        """Compose, validate and expand: ``([(overrides, plan, model_spec), ...], {dir: plan})``."""
+        from kscale.config import ConfigError, build_plan
+        from kscale.sweep import pending_models
+
+        assert self.hydra_context is not None and self.config is not None
+        args = [f"{k}={v}" for k, v in self.params.items()] + list(arguments)
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        per_key = split_overrides(parser.parse_overrides(args))
+        sweep_keys = [k for k, v in per_key.items() if len(v) > 1]
+        if "name" in sweep_keys or "results_dir" in sweep_keys:
+            raise HydraException("name and results_dir cannot be swept: one study per command")
+        jobs = []
+        plans: "OrderedDict[str, Any]" = OrderedDict()
+        for combo in itertools.product(*per_key.values()):
+            base = [o for o in combo if not o.split("=", 1)[0].lstrip("+~") == "model.sizes"]
+            sizes_override = [o for o in combo if o not in base]
+            cfg = self.hydra_context.config_loader.load_sweep_config(
+                self.config, list(base) + sizes_override)
+            try:
+                plan = build_plan(cfg)
+            except ConfigError as err:
+                raise InvalidSweepConfig(str(err)) from None
+            plans.setdefault(str(plan.study_dir), plan)
+            pending = {(s.family, s.size) for s in pending_models(plan)}
+            for spec in plan.models:
+                if (spec.family, spec.size) not in pending:
+                    log.info("%s-%s: every cell is finished (rerun=true to redo); no job",
+                             spec.family, spec.size)
+                    continue
+                jobs.append((list(base) + [f"model.sizes=[{_quote(spec.size)}]"], plan, spec))
+        return jobs, plans
+
+    def sweep(self, arguments: List[str]) -> Any:
+        from kscale.sweep.finish import finish_study
+
+        assert self.launcher is not None and self.config is not None
+        jobs, plans = self.plan_jobs(arguments)
+        if not jobs:
+            log.info("nothing to run: every cell of this sweep is finished")
+        batch_size = self.max_batch_size or max(len(jobs), 1)
+        returns: List[Any] = []
+        first_failure = None
+        for start in range(0, len(jobs), batch_size):
+            batch = [overrides for overrides, _, _ in jobs[start:start + batch_size]]
+            log.info("launching %d job(s): %s", len(batch),
+                     ", ".join(f"{s.family}-{s.size}" for _, _, s in jobs[start:start + batch_size]))
+            results = self.launcher.launch(batch, initial_job_idx=start)
+            for r in results:
+                try:
+                    _ = r.return_value  # raises the job's exception if it failed
+                except Exception as err:  # noqa: BLE001 - re-raised after the study is finished
+                    first_failure = first_failure or err
+            returns.append(results)
+        report = bool(self.config.get("report", True))
+        for plan in plans.values():
+            summary = finish_study(plan.study_dir, report=report and first_failure is None)
+            print(summary.text(), flush=True)  # noqa: T201 - the CLI's final output
+        if first_failure is not None:
+            raise first_failure
+        return returns

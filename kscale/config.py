@@ -1,0 +1,221 @@
+"""The one OmegaConf-aware library module: a composed Hydra config -> a frozen :class:`SweepPlan`.
+
+Everything is validated here, before any model is loaded or any file is written, and every
+error names the override to change, the value received and what is allowed
+(``invalid override bits=17: bits must be an integer in 2..8, or 16 ...``), because a typo in a
+sweep config should cost seconds, not a cluster allocation.
+
+Config keys read (``conf/sweep.yaml`` documents each):
+    name, results_dir, data_dir, cache_dir, rerun, progress, seed,
+    method, dtype, bits, blocksize, centered, exponent_bits, scale_bits, outlier_frac (grid axes:
+    a value or a list), method_options.<method>.*, model.* (conf/model), eval.* (conf/eval),
+    wandb.{mode, project, entity, dir, tags}.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from kscale.sweep.grid import BASELINE_METHOD, QUANT_AXES, as_list, expand_cells
+from kscale.sweep.plan import WANDB_MODES, EvalPlan, SweepPlan, TrackingSpec
+
+log = logging.getLogger(__name__)
+
+#: Keys of the model group that ``resolve_models`` understands.
+MODEL_KEYS: tuple[str, ...] = (
+    "name", "sizes", "local_dir", "local_paths", "checkpoints", "dtype", "device", "device_map",
+    "trust_remote_code", "revision", "provider_options",
+)
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class ConfigError(ValueError):
+    """An invalid sweep configuration (raised before anything is loaded or written)."""
+
+
+def to_container(cfg: Any) -> dict[str, Any]:
+    """A resolved plain dict of ``cfg`` without the ``hydra`` node (wandb config, provenance)."""
+    from omegaconf import DictConfig, OmegaConf
+
+    if not isinstance(cfg, DictConfig):
+        return {k: v for k, v in dict(cfg).items() if k != "hydra"}
+    data: dict[str, Any] = {}
+    for key in cfg:  # per key, so Hydra's own (partly unset) node is never resolved
+        if key == "hydra":
+            continue
+        node = cfg._get_node(key)
+        if OmegaConf.is_config(node):
+            data[key] = OmegaConf.to_container(node, resolve=True, throw_on_missing=True)
+        else:
+            data[key] = cfg[key]
+    return data
+
+
+def _hydra_choice(cfg: Any, group: str) -> str | None:
+    """The option chosen for a config group (``eval=toy`` -> ``toy``), if Hydra composed ``cfg``."""
+    try:
+        from omegaconf import OmegaConf
+
+        choice = OmegaConf.select(cfg, f"hydra.runtime.choices.{group}", default=None)
+        if choice is not None:
+            return str(choice)
+    except Exception:  # noqa: BLE001 - not a Hydra config
+        pass
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized():
+            return HydraConfig.get().runtime.choices.get(group)
+    except Exception:  # noqa: BLE001
+        pass
+    return None
+
+
+def _check_axis_values(c: Mapping[str, Any]) -> None:
+    """Validate each grid axis value on its own, so the error names the override."""
+    from kscale.quant import METHODS, QuantSpec
+
+    probes = {
+        "bits": lambda v: QuantSpec(bits=v),
+        "dtype": lambda v: QuantSpec(bits=4, dtype=v),
+        "blocksize": lambda v: QuantSpec(bits=4, blocksize=v),
+        "centered": lambda v: QuantSpec(bits=4, centered=v),
+        "scale_bits": lambda v: QuantSpec(bits=4, scale_bits=v),
+        "outlier_frac": lambda v: QuantSpec(bits=4, outlier_frac=v),
+    }
+    for axis in QUANT_AXES:
+        if axis not in c:
+            continue
+        values = as_list(c[axis])
+        if not values:
+            raise ConfigError(f"invalid override {axis}=[]: give at least one value")
+        for value in values:
+            if axis == "method":
+                if value != BASELINE_METHOD and value not in METHODS:
+                    names = ", ".join(METHODS.names())
+                    raise ConfigError(f"invalid override method={value}: unknown quantization "
+                                      f"method {value!r}. Allowed: {names}")
+            elif axis == "seed":
+                if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                    raise ConfigError(f"invalid override seed={value}: seeds are integers >= 0")
+            elif axis in probes:
+                try:
+                    probes[axis](value)
+                except (TypeError, ValueError) as err:
+                    raise ConfigError(f"invalid override {axis}={value}: {err}") from None
+
+
+def _model_plan(model: Mapping[str, Any]) -> tuple[list[Any], dict[str, Any]]:
+    from kscale.models import ModelConfigError, resolve_models
+
+    if not isinstance(model, Mapping) or not model.get("name"):
+        raise ConfigError("invalid model config: choose a family with model=<name> "
+                          "(conf/model/<name>.yaml needs a 'name' key)")
+    unknown = sorted(set(model) - set(MODEL_KEYS))
+    if unknown:
+        raise ConfigError(f"invalid model config: unknown keys {unknown}. "
+                          f"Allowed: {', '.join(MODEL_KEYS)}")
+    kw = {k: v for k, v in model.items() if k != "name" and k != "sizes" and v is not None}
+    sizes = model.get("sizes")
+    provider_options = dict(kw.get("provider_options") or {})
+    try:
+        specs = resolve_models(model["name"], sizes, **kw)
+    except ModelConfigError as err:
+        raise ConfigError(f"invalid override model={model['name']} "
+                          f"(model.sizes={sizes if sizes is not None else 'all'}): {err}") from None
+    return specs, provider_options
+
+
+def _eval_plan(cfg: Any, ev: Mapping[str, Any]) -> EvalPlan:
+    from kscale.evaluate import eval_specs_from_config
+
+    if not isinstance(ev, Mapping):
+        raise ConfigError("invalid eval config: choose one with eval=<name> (conf/eval/<name>.yaml)")
+    name = str(ev.get("name") or _hydra_choice(cfg, "eval") or "custom")
+    try:
+        specs = eval_specs_from_config(ev)
+    except (KeyError, ValueError) as err:
+        raise ConfigError(f"invalid override eval={name}: {err}") from None
+    if not specs:
+        raise ConfigError(f"invalid override eval={name}: it names no perplexity dataset and no "
+                          "zero-shot task; every cell would measure nothing")
+    batch_size = ev.get("batch_size", 1)
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ConfigError(f"invalid override eval.batch_size={batch_size!r}: "
+                          "must be a positive integer (perplexity windows per forward pass)")
+    return EvalPlan(name=name, config=dict(ev), specs=tuple(specs),
+                    source=str(ev.get("source") or "auto"), batch_size=batch_size)
+
+
+def _tracking(c: Mapping[str, Any], name: str) -> TrackingSpec:
+    w = dict(c.get("wandb") or {})
+    mode = w.get("mode", "disabled")
+    if mode is False or mode is None:
+        mode = "disabled"
+    if mode not in WANDB_MODES:
+        raise ConfigError(f"invalid override wandb.mode={mode}: allowed {', '.join(WANDB_MODES)}")
+    allowed = ("mode", "project", "entity", "dir", "tags")
+    unknown = sorted(set(w) - set(allowed))
+    if unknown:
+        raise ConfigError(f"invalid wandb config: unknown keys {unknown}. Allowed: {', '.join(allowed)}")
+    return TrackingSpec(mode=mode, project=w.get("project") or "kscale", entity=w.get("entity"),
+                        dir=w.get("dir"), tags=tuple(w.get("tags") or ()))
+
+
+def build_plan(cfg: Any) -> SweepPlan:
+    """Validate ``cfg`` (a composed ``DictConfig`` or a plain mapping) and build the plan.
+
+    Raises:
+        ConfigError: naming the override, the value and the allowed values.
+    """
+    from kscale.paths import default_cache_dir, default_data_dir
+
+    c = to_container(cfg)
+    name = str(c.get("name") or "")
+    if not _NAME_RE.match(name):
+        raise ConfigError(f"invalid override name={name!r}: a study name is letters, digits, "
+                          "'_', '-' and '.', starting with a letter or digit")
+    results_dir = Path(str(c.get("results_dir") or "results")).expanduser()
+    data_dir = Path(c["data_dir"]).expanduser() if c.get("data_dir") else default_data_dir()
+    if not data_dir.is_dir():
+        raise ConfigError(f"invalid override data_dir={data_dir}: not a directory "
+                          "(default: $KSCALE_DATA_DIR or ../shared/data)")
+    cache_dir = Path(c["cache_dir"]).expanduser() if c.get("cache_dir") else default_cache_dir()
+
+    _check_axis_values(c)
+    axes = {axis: c[axis] for axis in QUANT_AXES if axis in c and c[axis] is not None}
+    method_options = c.get("method_options") or {}
+    if not isinstance(method_options, Mapping):
+        raise ConfigError("invalid method_options: a mapping {method: {option: value}}")
+    if "gptq" in as_list(c.get("method")):
+        from kscale.quant.gptq import GPTQConfig
+
+        try:
+            gptq = dict(method_options.get("gptq") or {})
+            if gptq.get("dataset") is None:  # null = the family's own corpus, resolved per job
+                gptq["dataset"] = "wikitext2"
+            GPTQConfig.from_options({**gptq, "seed": 0})
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"invalid override method_options.gptq: {err}") from None
+    try:
+        cells = expand_cells(axes, method_options=method_options)
+    except ValueError as err:
+        raise ConfigError(f"invalid grid: {err}") from None
+
+    models, provider_options = _model_plan(c.get("model"))
+    ev = _eval_plan(cfg, c.get("eval"))
+    tracking = _tracking(c, name)
+    config = dict(c)
+    for group in ("model", "eval", "experiment"):
+        choice = _hydra_choice(cfg, group)
+        if choice:
+            config.setdefault("choices", {})[group] = choice
+    return SweepPlan(
+        name=name, results_dir=results_dir, models=tuple(models), cells=tuple(cells), eval=ev,
+        data_dir=data_dir, cache_dir=cache_dir, rerun=bool(c.get("rerun", False)),
+        progress=bool(c.get("progress", True)), tracking=tracking, config=config,
+        provider_options=provider_options,
+    )

@@ -1,0 +1,169 @@
+"""The quantization grid of one job: axes -> the list of cells run against one loaded model.
+
+A *cell* is one (method, QuantSpec, seed, method options) applied to a model. The grid is the
+cartesian product of the axes, with two canonicalisations that keep it from doing useless work:
+
+* ``bits=16`` is the unquantized baseline. Its dtype, block size, method and seed are
+  meaningless, so every 16-bit combination collapses into one cell per model
+  (``method="none"``, the default ``QuantSpec(bits=16)``), run first.
+* ``seed`` only matters to methods that sample calibration data (GPTQ). For the others
+  (round-to-nearest) the seed axis is collapsed and recorded as 0, so ``seed=0,1,2
+  method=rtn,gptq`` runs RTN once and GPTQ three times.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Grid axes inside a job, in the order they vary (outermost first). ``method`` and ``seed`` are
+#: cell fields; the others are ``QuantSpec`` fields.
+QUANT_AXES: tuple[str, ...] = (
+    "method", "dtype", "bits", "blocksize", "centered", "exponent_bits", "scale_bits",
+    "outlier_frac", "seed",
+)
+SPEC_FIELDS: tuple[str, ...] = (
+    "bits", "dtype", "blocksize", "exponent_bits", "centered", "scale_bits", "outlier_frac",
+)
+BASELINE_BITS = 16
+BASELINE_METHOD = "none"
+#: Methods whose result depends on ``seed`` (calibration sampling). Others collapse the axis.
+SEEDED_METHODS: frozenset[str] = frozenset({"gptq"})
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    """One quantization cell.
+
+    Attributes:
+        method: ``"none"`` for the 16-bit baseline, else a ``kscale.quant.METHODS`` name.
+        quant: the ``QuantSpec``.
+        seed: calibration seed (0 for methods that do not sample).
+        options: method options as sorted ``(name, value)`` pairs (hashable; JSON values).
+    """
+
+    method: str
+    quant: Any  # kscale.quant.QuantSpec (kept untyped so importing the grid needs no torch)
+    seed: int = 0
+    options: tuple[tuple[str, Any], ...] = field(default=())
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.method == BASELINE_METHOD
+
+    @property
+    def options_dict(self) -> dict[str, Any]:
+        return {k: _thaw(v) for k, v in self.options}
+
+    @property
+    def label(self) -> str:
+        """``int4-b64-rtn`` (``fp16-baseline`` for the baseline): for progress bars and logs."""
+        if self.is_baseline:
+            return "16bit-baseline"
+        q = self.quant
+        text = f"{q.dtype}{q.bits}-b{q.blocksize}-{self.method}"
+        if getattr(q, "centered", False):
+            text += "-centered"
+        if getattr(q, "exponent_bits", None) is not None:
+            text += f"-e{q.exponent_bits}"
+        if getattr(q, "scale_bits", 16) != 16:
+            text += f"-s{q.scale_bits}"
+        if getattr(q, "outlier_frac", 0.0):
+            text += f"-o{q.outlier_frac:g}"
+        if self.method in SEEDED_METHODS:
+            text += f"-seed{self.seed}"
+        return text
+
+    def identity(self) -> dict[str, Any]:
+        """The cell's part of a row's identity (``QuantSpec.to_row()`` + method/seed/options)."""
+        row = dict(self.quant.to_row())
+        row.update(
+            method=self.method,
+            seed=self.seed,
+            method_options=json.dumps(self.options_dict, sort_keys=True, separators=(",", ":")),
+        )
+        return row
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return tuple(sorted((str(k), _freeze(v)) for k, v in value.items()))
+    if isinstance(value, list):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+def _thaw(value: Any) -> Any:
+    if isinstance(value, tuple):
+        if all(isinstance(v, tuple) and len(v) == 2 and isinstance(v[0], str) for v in value) \
+                and value:
+            return {k: _thaw(v) for k, v in value}
+        return [_thaw(v) for v in value]
+    return value
+
+
+def as_list(value: Any) -> list[Any]:
+    """A scalar axis value becomes a one-element list; lists/tuples pass through."""
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]
+
+
+def expand_cells(
+    axes: Mapping[str, Any],
+    *,
+    method_options: Mapping[str, Mapping[str, Any]] | None = None,
+    quant_spec_factory=None,
+) -> list[CellSpec]:
+    """Expand axis values into the job's cells (baseline first, then grid order, no duplicates).
+
+    Args:
+        axes: ``{axis: value or list of values}`` for the names in :data:`QUANT_AXES`.
+            Missing axes take the ``QuantSpec`` defaults.
+        method_options: ``{method: {option: value}}``; each cell gets its method's options.
+        quant_spec_factory: builds a ``QuantSpec`` from keyword fields (default
+            ``kscale.quant.QuantSpec``; its validation errors propagate as ``ValueError``).
+
+    Raises:
+        ValueError: from ``QuantSpec`` validation, with the offending combination appended.
+    """
+    if quant_spec_factory is None:
+        from kscale.quant import QuantSpec as quant_spec_factory  # noqa: N813
+    unknown = sorted(set(axes) - set(QUANT_AXES))
+    if unknown:
+        raise ValueError(f"unknown grid axes {unknown}; allowed: {', '.join(QUANT_AXES)}")
+    method_options = method_options or {}
+    names = [a for a in QUANT_AXES if a in axes]
+    values = [as_list(axes[a]) for a in names]
+    for name, vals in zip(names, values):
+        if not vals:
+            raise ValueError(f"grid axis {name!r} is an empty list; give at least one value")
+    cells: dict[CellSpec, None] = {}
+    baseline: CellSpec | None = None
+    for combo in itertools.product(*values):
+        point = dict(zip(names, combo))
+        method = point.pop("method", "rtn")
+        seed = point.pop("seed", 0)
+        if point.get("bits") == BASELINE_BITS:
+            if baseline is None:
+                baseline = CellSpec(BASELINE_METHOD, quant_spec_factory(bits=BASELINE_BITS), 0)
+            continue
+        try:
+            spec = quant_spec_factory(**point)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{err} (grid point {point})") from err
+        if method not in SEEDED_METHODS:
+            seed = 0
+        options = _freeze(dict(method_options.get(method, {}) or {}))
+        cells.setdefault(CellSpec(method, spec, int(seed), options), None)
+    return ([baseline] if baseline else []) + list(cells)
+
+
+def grid_size(axes: Mapping[str, Sequence[Any]]) -> int:
+    """Number of raw grid points before canonicalisation (for messages)."""
+    n = 1
+    for value in axes.values():
+        n *= len(as_list(value))
+    return n

@@ -1,0 +1,374 @@
+"""The toy ladder: its size table, options, data sources, the on-disk cache and the provider.
+
+A checkpoint of size ``s`` lives in
+``default_cache_dir()/toy/<key>/<s>`` where ``<key>`` hashes everything that defines the
+weights: architecture and the whole size table, language (or text file contents), training
+recipe and seed. The device is *not* part of the key (it changes numerics only at rounding
+level). Each directory is an ordinary Hugging Face checkpoint (``config.json``,
+``model.safetensors``, ``tokenizer.json`` ...) plus ``train_stats.json`` (losses, timing,
+entropy rate) and ``toy_options.json`` (the options that made it).
+
+Concurrency: :meth:`ToyProvider.ensure` trains under a per-size file lock, into a temporary
+directory beside the target, then renames it into place; the final directory therefore
+either does not exist or is complete, and two sweep jobs never train the same size twice.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kscale.data.corpus import TextCorpus
+from kscale.paths import default_cache_dir
+from kscale.toy.language import LanguageSpec, MarkovLanguage
+from kscale.toy.tokenizer import EOS, SPECIAL_TOKENS, build_tokenizer, text_vocabulary
+from kscale.toy.train import ARCHITECTURES, ToyShape, TrainSpec, build_model, train_model
+
+log = logging.getLogger(__name__)
+
+#: Bump when the training code changes in a way that changes the weights: old caches go stale.
+CACHE_FORMAT = 1
+
+#: The default ladder, smallest first: label = ``L<layers>-d<width>``. Parameter counts (GPT-2
+#: architecture, default language: 130 token ids, 64 positions; ``sum(p.numel())`` with the tied
+#: LM head counted once) grow ~2.6x per rung and span ~120x. Training cost grows ~ N**2 at a
+#: fixed tokens-per-parameter ratio, so the largest rung dominates the ladder's training time.
+#: Batch sizes grow with the model so the smallest rungs still get ~80+ optimizer steps.
+LADDER: dict[str, ToyShape] = {
+    "L1-d4": ToyShape(n_layer=1, d_model=4, n_head=1, batch_size=4),  # ~1.0k params
+    "L1-d8": ToyShape(n_layer=1, d_model=8, n_head=2, batch_size=8),  # ~2.4k
+    "L1-d16": ToyShape(n_layer=1, d_model=16, n_head=2, batch_size=8),  # ~6.4k
+    "L2-d24": ToyShape(n_layer=2, d_model=24, n_head=2, batch_size=16),  # ~19k
+    "L3-d32": ToyShape(n_layer=3, d_model=32, n_head=4, batch_size=16),  # ~44k
+    "L4-d48": ToyShape(n_layer=4, d_model=48, n_head=4, batch_size=32),  # ~121k
+}
+
+_SPLIT_KEYS = {"train": 4, "validation": 3, "test": 2}  # SeedSequence spawn keys; training uses 1
+_SPLIT_ALIASES = {"valid": "validation", "val": "validation"}
+
+
+@dataclass(frozen=True)
+class ToyOptions:
+    """``provider_options`` of the toy family, validated (see ``conf/model/toy.yaml``).
+
+    Attributes:
+        architecture: a name in :data:`ARCHITECTURES` (``gpt2``, ``opt``, ``llama``).
+        seed: training seed (model initialisation and batch stream).
+        device: where to train (``cpu``, ``cuda``, ...); not part of the cache key.
+        language: :class:`LanguageSpec` of the synthetic language.
+        train: :class:`TrainSpec` (``tokens_per_param``, ``seqlen``, ``lr`` ... set at top level).
+        text_path: train on this local text file (word-level vocabulary) instead of the language.
+        max_vocab: vocabulary size for ``text_path`` (most frequent words; others -> ``<unk>``).
+        ladder: size table (label -> shape); defaults to :data:`LADDER`.
+        corpus_seed: seed of the held-out corpus (independent of the training stream).
+        corpus_tokens: default held-out corpus length (tokens).
+        doc_tokens: tokens per held-out document; row_tokens: words per corpus row.
+        progress: show tqdm bars while training.
+        num_threads: torch CPU threads while training (None = automatic, see
+            :func:`kscale.toy.train.train_model`); not in the cache key.
+    """
+
+    architecture: str = "gpt2"
+    seed: int = 0
+    device: str = "cpu"
+    language: LanguageSpec = field(default_factory=LanguageSpec)
+    train: TrainSpec = field(default_factory=TrainSpec)
+    text_path: str | None = None
+    max_vocab: int = 2000
+    ladder: Mapping[str, ToyShape] = field(default_factory=lambda: dict(LADDER))
+    corpus_seed: int = 0
+    corpus_tokens: int = 100_000
+    doc_tokens: int = 4_000
+    row_tokens: int = 100
+    progress: bool = True
+    num_threads: int | None = None
+
+    @classmethod
+    def from_mapping(cls, options: Mapping[str, Any] | None) -> ToyOptions:
+        """Parse ``provider_options``; ``TrainSpec`` fields may be given at the top level."""
+        options = dict(options or {})
+        train_keys = {f.name for f in fields(TrainSpec)}
+        own_keys = {f.name for f in fields(cls)} - {"train"}
+        unknown = set(options) - train_keys - own_keys
+        if unknown:
+            raise ValueError(
+                f"unknown toy provider option(s) {sorted(unknown)}; allowed: {sorted(train_keys | own_keys)}"
+            )
+        train = TrainSpec(**{k: options.pop(k) for k in list(options) if k in train_keys})
+        lang = options.pop("language", None) or {}
+        if not isinstance(lang, LanguageSpec):
+            lang_keys = {f.name for f in fields(LanguageSpec)}
+            bad = set(lang) - lang_keys
+            if bad:
+                raise ValueError(f"unknown language option(s) {sorted(bad)}; allowed: {sorted(lang_keys)}")
+            lang = LanguageSpec(**dict(lang))
+        ladder = options.pop("ladder", None)
+        if ladder is not None:
+            ladder = {
+                str(k): v if isinstance(v, ToyShape) else ToyShape(**dict(v)) for k, v in dict(ladder).items()
+            }
+            options["ladder"] = ladder
+        opts = cls(language=lang, train=train, **options)
+        ARCHITECTURES.get(opts.architecture)  # did-you-mean error for typos
+        if opts.text_path is not None and not Path(opts.text_path).is_file():
+            raise ValueError(f"text_path must be an existing text file; got {opts.text_path!r}")
+        return opts
+
+    def key(self) -> str:
+        """Hash of everything that determines the weights (not the device or progress bar)."""
+        if self.text_path is None:
+            data: dict[str, Any] = {"language": self.language.to_dict()}
+        else:
+            digest = hashlib.sha256(Path(self.text_path).read_bytes()).hexdigest()
+            data = {"text_sha256": digest, "max_vocab": self.max_vocab}
+        payload = {
+            "format": CACHE_FORMAT,
+            "architecture": self.architecture,
+            "ladder": {k: asdict(v) for k, v in sorted(self.ladder.items())},
+            "data": data,
+            "train": self.train.to_dict(),
+            "seed": self.seed,
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+    def shape(self, size: str) -> ToyShape:
+        if size not in self.ladder:
+            raise ValueError(f"unknown toy size {size!r}; allowed: {list(self.ladder)}")
+        return self.ladder[size]
+
+
+# ---------------------------------------------------------------------------- data sources
+class SyntheticSource:
+    """Training batches and held-out text from the embedded :class:`MarkovLanguage`."""
+
+    def __init__(self, language: MarkovLanguage) -> None:
+        self.language = language
+        self.words = language.words
+        self.entropy_rate: float | None = language.entropy_rate
+
+    def batches(self, seed: int):
+        """Batch ``i`` = ``batch_size`` fresh stationary windows from ``SeedSequence([seed, 1, i])``.
+
+        Every window starts from the stationary distribution, so it is distributed exactly as
+        a window of one endless sample; the order is fixed by the seed and the step index.
+        """
+
+        def gen(steps: int, batch_size: int, seqlen: int) -> Iterator[np.ndarray]:
+            for i in range(steps):
+                yield self.language.sample(batch_size, seqlen, np.random.SeedSequence([seed, 1, i]))
+
+        return gen
+
+    def split_tokens(self, split: str, n_tokens: int, doc_tokens: int, seed: int) -> list[np.ndarray]:
+        n_docs = max(1, -(-n_tokens // doc_tokens))
+        ss = np.random.SeedSequence([seed, _SPLIT_KEYS[split]])
+        docs = self.language.sample(n_docs, doc_tokens, ss)
+        flat = docs.ravel()[:n_tokens]
+        return [flat[i : i + doc_tokens] for i in range(0, len(flat), doc_tokens)]
+
+
+class TextSource:
+    """Word-level training data from a local text file: first 90% of lines train, rest held out.
+
+    ``validation`` and ``test`` are the same held-out lines (the demo file has no third split);
+    the entropy rate is unknown (``None``).
+    """
+
+    def __init__(self, path: str, max_vocab: int) -> None:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        cut = int(0.9 * len(lines))
+        self.lines = {"train": lines[:cut], "test": lines[cut:], "validation": lines[cut:]}
+        self.words = text_vocabulary("\n".join(self.lines["train"]), max_vocab)
+        self._ids = {w: i for i, w in enumerate(self.words)}
+        self._unk = len(self.words)  # build_tokenizer puts <unk> right after the words
+        self.entropy_rate = None
+        self._train_ids = self.encode(" ".join(self.lines["train"]))
+
+    def encode(self, text: str) -> np.ndarray:
+        return np.array([self._ids.get(w, self._unk) for w in text.split()], dtype=np.int64)
+
+    def batches(self, seed: int):
+        """Windows at offsets from a seeded permutation of the training stream (epochs if needed)."""
+        ids = self._train_ids
+
+        def gen(steps: int, batch_size: int, seqlen: int) -> Iterator[np.ndarray]:
+            n_windows = len(ids) - seqlen
+            if n_windows < batch_size:
+                raise ValueError(f"text file too short for seqlen={seqlen}: {len(ids)} tokens")
+            rng = np.random.default_rng(np.random.SeedSequence([seed, 1]))
+            order = rng.permutation(n_windows)
+            pos = 0
+            for _ in range(steps):
+                if pos + batch_size > len(order):
+                    order, pos = rng.permutation(n_windows), 0
+                starts = order[pos : pos + batch_size]
+                pos += batch_size
+                yield np.stack([ids[s : s + seqlen] for s in starts])
+
+        return gen
+
+
+@lru_cache(maxsize=8)
+def _source(language: LanguageSpec, text_path: str | None, max_vocab: int):
+    if text_path is not None:
+        return TextSource(text_path, max_vocab)
+    return SyntheticSource(MarkovLanguage(language))
+
+
+def data_source(opts: ToyOptions) -> SyntheticSource | TextSource:
+    """The (cached) data source the options describe."""
+    return _source(opts.language, opts.text_path, opts.max_vocab)
+
+
+def entropy_rate(options: Mapping[str, Any] | None = None) -> float | None:
+    """Exact entropy rate (nats/token) of the toy language the options describe; None for text files.
+
+    This is the irreducible loss ``E`` a scaling-law fit of the toy ladder should recover.
+    """
+    return data_source(ToyOptions.from_mapping(options)).entropy_rate
+
+
+# ---------------------------------------------------------------------------- provider
+class ToyProvider:
+    """:class:`kscale.models.family.CheckpointProvider` that trains the toy ladder on demand.
+
+    ``n_trained`` counts the models this process has trained (tests use it to prove cache hits).
+    """
+
+    def __init__(self) -> None:
+        self.n_trained = 0
+
+    def entropy_rate(self, options: Mapping[str, Any] | None = None) -> float | None:
+        """The family's irreducible loss in nats/token (None when training on a text file);
+        the sweep writes it into every toy row as ``entropy_rate``."""
+        return entropy_rate(options)
+
+    def locate(self, size: str, options: Mapping[str, Any] | None = None) -> Path:
+        opts = ToyOptions.from_mapping(options)
+        opts.shape(size)
+        return default_cache_dir() / "toy" / opts.key() / size
+
+    def ensure(self, sizes: Sequence[str] | None, options: Mapping[str, Any] | None = None) -> dict[str, Path]:
+        """Train the sizes whose checkpoint is missing (smallest first); return ``size -> dir``."""
+        from filelock import FileLock
+
+        opts = ToyOptions.from_mapping(options)
+        sizes = list(opts.ladder) if sizes is None else list(sizes)
+        for s in sizes:
+            opts.shape(s)
+        out: dict[str, Path] = {}
+        for size in sizes:
+            path = self.locate(size, options)
+            if not _complete(path):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with FileLock(str(path.parent / f".{size}.lock")):
+                    if not _complete(path):  # another job may have finished it meanwhile
+                        self._train_into(size, path, opts)
+            out[size] = path
+        return out
+
+    def _train_into(self, size: str, path: Path, opts: ToyOptions) -> None:
+        # we hold the lock, so temp dirs of this size are leftovers of killed jobs
+        for stale in path.parent.glob(f".{size}.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        source = data_source(opts)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{size}.tmp-", dir=path.parent))
+        try:
+            stats = train_checkpoint(size, opts, tmp, source=source)
+            if path.exists():  # an incomplete leftover (no train_stats.json) from a killed job
+                shutil.rmtree(path)
+            os.replace(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self.n_trained += 1
+        log.info("toy %s cached at %s (loss %.4f)", size, path, stats["final_loss"])
+
+
+def _complete(path: Path) -> bool:
+    return (path / "train_stats.json").is_file()
+
+
+def train_checkpoint(size: str, opts: ToyOptions, out_dir: Path, *, source=None) -> dict[str, Any]:
+    """Train one size and save model + tokenizer + stats to ``out_dir`` (no caching, no locking)."""
+    source = source or data_source(opts)
+    shape = opts.shape(size)
+    tokenizer = build_tokenizer(source.words)
+    vocab = len(source.words) + len(SPECIAL_TOKENS)
+    eos_id = tokenizer.convert_tokens_to_ids(EOS)
+    model = build_model(opts.architecture, shape, vocab, opts.train.seqlen, eos_id, opts.seed)
+    result = train_model(
+        model, source.batches(opts.seed), opts.train, batch_size=shape.batch_size,
+        d_model=shape.d_model, device=opts.device, progress=opts.progress, desc=f"toy {size}",
+        num_threads=opts.num_threads,
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.to("cpu").save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    stats = {
+        "size": size, "n_params": result.n_params, "n_tokens": result.n_tokens, "steps": result.steps,
+        "final_loss": result.final_loss, "train_s": result.train_s, "device": opts.device,
+        "entropy_rate": source.entropy_rate, "key": opts.key(),
+        "losses": [round(x, 5) for x in result.losses],
+    }
+    options = {
+        "architecture": opts.architecture, "seed": opts.seed, "language": opts.language.to_dict(),
+        "train": opts.train.to_dict(), "text_path": opts.text_path, "max_vocab": opts.max_vocab,
+        "shape": asdict(shape),
+    }
+    (out_dir / "toy_options.json").write_text(json.dumps(options, indent=2))
+    # written last: its presence marks a complete checkpoint
+    (out_dir / "train_stats.json").write_text(json.dumps(stats, indent=2))
+    return stats
+
+
+# ---------------------------------------------------------------------------- corpus
+def load_toy_corpus(
+    *, data_dir=None, split: str = "test", source: str = "auto", path=None,
+    n_tokens: int | None = None, **options: Any,
+) -> TextCorpus:
+    """Held-out text of the toy language (or the held-out lines of ``text_path``).
+
+    Deterministic: documents are independent stationary samples from
+    ``SeedSequence([corpus_seed, split_key])``, a different stream from the training batches
+    (``SeedSequence([seed, 1, step])``). ``rows`` are ``row_tokens``-word lines in document
+    order, ``documents`` the ``doc_tokens``-word documents. ``options`` are the toy provider
+    options (so a sweep can pass its ``provider_options`` unchanged); ``data_dir``, ``source``
+    and ``path`` are accepted for the loader signature and unused (the text is generated).
+    """
+    del data_dir, path
+    if source not in ("auto", "local"):
+        raise ValueError(f"the toy corpus is generated locally; source must be 'auto' or 'local', got {source!r}")
+    split = _SPLIT_ALIASES.get(split, split)
+    if split not in _SPLIT_KEYS:
+        raise ValueError(f"unknown toy split {split!r}; allowed: {sorted(_SPLIT_KEYS) + sorted(_SPLIT_ALIASES)}")
+    opts = ToyOptions.from_mapping(options)
+    n_tokens = opts.corpus_tokens if n_tokens is None else int(n_tokens)
+    if n_tokens < 2:
+        raise ValueError(f"n_tokens must be >= 2; got {n_tokens}")
+    src = data_source(opts)
+    if isinstance(src, TextSource):
+        lines = [ln for ln in src.lines[split] if ln.strip()]
+        return TextCorpus(name="toy", rows=tuple(lines), documents=("\n".join(lines),),
+                          source=f"{opts.text_path} (held-out lines, split {split})")
+    docs = src.split_tokens(split, n_tokens, opts.doc_tokens, opts.corpus_seed)
+    words = src.words
+    rows: list[str] = []
+    documents: list[str] = []
+    for doc in docs:
+        doc_rows = [" ".join(words[i] for i in doc[j : j + opts.row_tokens]) for j in range(0, len(doc), opts.row_tokens)]
+        rows.extend(doc_rows)
+        documents.append("\n".join(doc_rows))
+    lang_key = hashlib.sha256(json.dumps(opts.language.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+    return TextCorpus(name="toy", rows=tuple(rows), documents=tuple(documents),
+                      source=f"kscale.toy language {lang_key}, split {split}, corpus_seed {opts.corpus_seed}")

@@ -1,0 +1,40 @@
+#!/usr/bin/env python
+"""Quantize every size of a model family to k bits, evaluate, and collect one results table.
+
+    python run_sweep.py                                  # the embedded default study (toy ladder)
+    python run_sweep.py model=opt bits=3,4,8             # comma lists are grid axes, no -m needed
+    python run_sweep.py experiment=kbit_dtypes hydra/launcher=submitit_slurm
+
+Comma lists of quantization axes run inside one job per model (load once, quantize many);
+models are spread over workers by the launcher (hydra/launcher=joblib|submitit_local|
+submitit_slurm). Rows go to ``results_dir/<name>/rows/*.jsonl``; re-running resumes. See
+conf/sweep.yaml for every key and hydra_plugins/kscale_sweeper for the grouping.
+"""
+from __future__ import annotations
+
+import logging
+
+import hydra
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="sweep")
+def main(cfg: DictConfig) -> object:
+    """One Hydra job: every model in ``cfg.model.sizes`` (the sweeper gives each job one)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from kscale.config import build_plan
+    from kscale.sweep import finish_study, run_plan
+
+    plan = build_plan(cfg)
+    summaries = run_plan(plan)
+    if HydraConfig.get().mode == RunMode.RUN:  # hydra.mode=RUN: no sweeper, finish here
+        print(finish_study(plan.study_dir, report=bool(cfg.get("report", True))).text())
+    return summaries
+
+
+if __name__ == "__main__":
+    main()

@@ -83,6 +83,8 @@ def _frontier(data: pd.DataFrame, metric: str, cost: str) -> pd.DataFrame:
 
 
 def _config_label(row: pd.Series) -> str:
+    if "bits" in row.index and pd.notna(row["bits"]) and float(row["bits"]) >= 16:
+        return "16-bit baseline"  # dtype/blocksize/method mean nothing for the unquantized model
     parts = []
     for c in CONFIG_COLUMNS:
         if c in row.index and pd.notna(row[c]):

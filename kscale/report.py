@@ -193,10 +193,12 @@ def write_report(study_dir: str | Path, *, metric: str | None = None, law: str =
                                  f"[{_group_label(r['bits_lo'])}, {_group_label(r['bits_hi'])}] | "
                                  + " | ".join(f"{r[c]:.2f}" for c in pcols) + " |")
                 lines.append("")
-                parts = [f"{_group_label(r['best_bits'])}-bit at {r['total_bits']:.3g} total bits (P = {r['p_best']:.2f})"
-                         for _, r in dec.iterrows()]
+                parts = _answer_parts(dec)
                 answers.append(f"{fam}: under the `{law}` law fitted to {metric}, the optimal precision is " + "; ".join(parts)
-                               + f" (bootstrap probability over {boot.n_resamples} resamples).")
+                               + f" (bootstrap probability over {boot.n_resamples} resamples)."
+                               + (" The `offset` law shifts one shared curve per precision, so its optimal k"
+                                  " cannot depend on the budget; fit `--law power` for an answer that may."
+                                  if law == "offset" else ""))
         if n_holdout > 0:
             try:
                 ext = extrapolate(sub, law, y=metric, n_holdout=n_holdout)
@@ -222,6 +224,26 @@ def write_report(study_dir: str | Path, *, metric: str | None = None, law: str =
     return Report(summary_path=summary_path, table_path=table_path, figure_paths=tuple(figs), answer=answer,
                   problems=tuple(problems))
 
+def _answer_parts(dec: pd.DataFrame) -> list[str]:
+    """One phrase per run of consecutive budgets with the same optimal k, e.g.
+    ``4-bit from 1e+08 to 3e+09 total bits (P = 0.81-0.93)``, so a parallel-shift law whose
+    answer does not depend on the budget reads as one statement, not five copies of it."""
+    rows = list(dec.sort_values("total_bits").itertuples(index=False))
+    parts: list[str] = []
+    start = 0
+    for i in range(1, len(rows) + 1):
+        if i < len(rows) and rows[i].best_bits == rows[start].best_bits:
+            continue
+        run = rows[start:i]
+        lo, hi = run[0].total_bits, run[-1].total_bits
+        p_lo, p_hi = min(r.p_best for r in run), max(r.p_best for r in run)
+        where = f"at {lo:.3g} total bits" if len(run) == 1 else f"from {lo:.3g} to {hi:.3g} total bits"
+        prob = f"P = {p_lo:.2f}" if f"{p_lo:.2f}" == f"{p_hi:.2f}" else f"P = {p_lo:.2f}-{p_hi:.2f}"
+        parts.append(f"{_group_label(run[0].best_bits)}-bit {where} ({prob})")
+        start = i
+    return parts
+
+
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m kscale.report", description=__doc__.splitlines()[0])
@@ -245,3 +267,4 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+

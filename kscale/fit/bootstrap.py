@@ -123,9 +123,13 @@ def _check_level(level: float) -> None:
 def candidate_frame(fit: LawFit, total_bits: float) -> pd.DataFrame:
     """One hypothetical model per ``bits`` of the fitted data, each using exactly ``total_bits``.
 
-    ``bits_per_param`` per precision is the median observed for that ``bits`` (it includes block
-    constants and outliers), ``n_params = total_bits / bits_per_param``; any other column the law
-    reads is set to its median (e.g. ``n_tokens``).
+    Each precision's whole-model cost per parameter is the median observed ``total_bits /
+    n_params`` for that ``bits`` (quantized weights with their block constants and outliers *and*
+    the parameters that stay in 16 bit, in the mix the study measured), so ``n_params =
+    total_bits / that cost``. ``bits_per_param`` alone would be wrong here: it is the cost per
+    *quantized* weight and ignores the 16-bit embeddings and head. Without ``n_params`` in the
+    data the median ``bits_per_param`` is used. Any other column the law reads is set to its
+    median (e.g. ``n_tokens``).
 
     Raises:
         ValueError: the law does not depend on ``bits`` (no decision to make).
@@ -141,8 +145,12 @@ def candidate_frame(fit: LawFit, total_bits: float) -> pd.DataFrame:
     rows = []
     for k, grp in data.groupby(data["bits"].astype(float)):
         bpp = float(grp["bits_per_param"].median()) if "bits_per_param" in grp.columns else float(k)
+        if {"total_bits", "n_params"} <= set(grp.columns):
+            model_bpp = float((grp["total_bits"].astype(float) / grp["n_params"].astype(float)).median())
+        else:
+            model_bpp = bpp
         row = {"bits": float(k), "bits_per_param": bpp, "total_bits": float(total_bits),
-               "n_params": float(total_bits) / bpp}
+               "n_params": float(total_bits) / model_bpp}
         for c in law.needs:
             if c not in row:
                 row[c] = float(data[c].median())

@@ -1,0 +1,139 @@
+"""The committed notebooks run top to bottom on the committed study (issue 5, "Notebooks").
+
+Each notebook is read into memory and executed there with nbclient, in ``notebooks/`` as working
+directory (as Jupyter would); the files on disk are never rewritten. Cells that the assertions look
+at carry a ``tags`` entry in their metadata (``figure-1``, ``fitted-E`` ...), so editing the
+notebooks' prose does not break the test.
+"""
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+pytest.importorskip("ipykernel")
+
+ROOT = Path(__file__).resolve().parents[2]
+NB_DIR = ROOT / "notebooks"
+STUDY = ROOT / "results" / "toy-study"
+KERNEL = "python3"
+
+
+@pytest.fixture(scope="module")
+def kernel_env(tmp_path_factory):
+    """Make sure the ``python3`` kernel is *this* interpreter (the venv that has kscale).
+
+    jupyter_client maps a spec whose argv starts with plain ``python``/``python3`` to
+    ``sys.executable``; any other interpreter (e.g. a user-wide kernelspec shadowing the venv's)
+    is replaced by a kernelspec installed into a temporary prefix that JUPYTER_PATH puts first.
+    """
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    def resolves_here() -> bool:
+        try:
+            argv0 = KernelSpecManager().get_kernel_spec(KERNEL).argv[0]
+        except NoSuchKernel:
+            return False
+        major, minor = sys.version_info[:2]
+        if argv0 in {"python", f"python{major}", f"python{major}.{minor}"}:
+            return True
+        return Path(argv0).resolve() == Path(sys.executable).resolve()
+
+    old = os.environ.get("JUPYTER_PATH")
+    if not resolves_here():
+        from ipykernel.kernelspec import install
+
+        prefix = tmp_path_factory.mktemp("kernelspec")
+        install(kernel_name=KERNEL, prefix=str(prefix))
+        os.environ["JUPYTER_PATH"] = os.pathsep.join(
+            [str(prefix / "share" / "jupyter")] + ([old] if old else []))
+        assert resolves_here(), "could not point the python3 kernelspec at this interpreter"
+    yield
+    if old is None:
+        os.environ.pop("JUPYTER_PATH", None)
+    else:
+        os.environ["JUPYTER_PATH"] = old
+
+
+def _execute(name: str, monkeypatch):
+    # The committed study, not whatever the caller's environment points at.
+    monkeypatch.delenv("KSCALE_STUDY", raising=False)
+    monkeypatch.delenv("KSCALE_METRIC", raising=False)
+    nb = nbformat.read(NB_DIR / name, as_version=4)
+    client = nbclient.NotebookClient(nb, timeout=300, kernel_name=KERNEL,
+                                     resources={"metadata": {"path": str(NB_DIR)}})
+    client.execute()  # raises CellExecutionError on the first failing cell
+    return nb
+
+
+def _code_cells(nb):
+    return [c for c in nb.cells if c.cell_type == "code"]
+
+
+def _tagged(nb, tag: str):
+    cells = [c for c in _code_cells(nb) if tag in c.metadata.get("tags", [])]
+    assert len(cells) == 1, f"expected one code cell tagged {tag!r}, found {len(cells)}"
+    return cells[0]
+
+
+def _text(cell) -> str:
+    parts = []
+    for out in cell.outputs:
+        if out.output_type == "stream":
+            parts.append(out.text)
+        elif out.output_type in ("execute_result", "display_data"):
+            parts.append(out.data.get("text/plain", ""))
+    return "\n".join(parts)
+
+
+def _n_images(cell) -> int:
+    return sum("image/png" in out.get("data", {}) for out in cell.outputs)
+
+
+def _assert_clean_run(nb):
+    for cell in _code_cells(nb):
+        assert cell.execution_count is not None, f"cell not executed:\n{cell.source[:200]}"
+        errors = [o for o in cell.outputs if o.output_type == "error"]
+        assert not errors, f"cell errored: {errors[0].ename}: {errors[0].evalue}\n{cell.source[:200]}"
+        stderr = "".join(o.text for o in cell.outputs if o.output_type == "stream" and o.name == "stderr")
+        assert "Traceback" not in stderr, stderr
+
+
+@pytest.mark.slow
+def test_sweep_overview_notebook(kernel_env, monkeypatch):
+    assert (STUDY / "rows").is_dir(), f"the committed study is missing: {STUDY}"
+    nb = _execute("01-sweep-overview.ipynb", monkeypatch)
+    _assert_clean_run(nb)
+    assert "toy-study" in _text(_tagged(nb, "setup"))
+    overview = _text(_tagged(nb, "overview-table"))
+    assert "n_params" in overview and "L4-d48" in overview
+    assert "dtype = `nf`" in "".join(o.data.get("text/markdown", "") for o in _tagged(nb, "pivot").outputs
+                                     if o.output_type == "display_data")
+    assert "above H" in _text(_tagged(nb, "baseline-entropy"))
+    assert _n_images(_tagged(nb, "figure-1")) == 1
+    assert "frontier points per k" in _text(_tagged(nb, "frontier"))
+    assert _n_images(_tagged(nb, "dtype-figures")) == 2
+
+
+@pytest.mark.slow
+def test_scaling_law_fits_notebook(kernel_env, monkeypatch):
+    nb = _execute("02-scaling-law-fits.ipynb", monkeypatch)
+    _assert_clean_run(nb)
+    fits = _text(_tagged(nb, "fits"))
+    assert "offset" in fits and "power" in fits
+    m = re.search(r"fitted E \(offset\) = ([0-9.eE+-]+)", _text(_tagged(nb, "fitted-E")))
+    assert m, "the fitted-E cell did not print the fitted E"
+    assert 0.0 <= float(m.group(1)) < 10.0
+    assert _n_images(_tagged(nb, "fit-figures")) == 2
+    assert _n_images(_tagged(nb, "residual-figures")) == 2
+    assert "runner_up_config" in _text(_tagged(nb, "best-per-budget"))
+    decisions = _text(_tagged(nb, "decisions"))
+    assert "p_bits_3" in decisions and _n_images(_tagged(nb, "decisions")) == 1
+    ext = _tagged(nb, "extrapolation")
+    assert re.search(r"mean \|relative error\| = [0-9.]+%", _text(ext))
+    assert _n_images(ext) == 1

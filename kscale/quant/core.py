@@ -137,7 +137,7 @@ def nearest_code(
     """
     code = code.to(device=x_normalized.device, dtype=torch.float32)
     mids = _fast.midpoints(code)
-    idx = torch.bucketize(x_normalized.float(), mids)
+    idx = _fast.bucket_index(x_normalized.float(), mids)
     return idx, code[idx]
 
 

@@ -12,6 +12,7 @@ import logging
 import platform
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -246,6 +247,7 @@ def _run_cells(plan, model_spec, todo, store, tracker, summary) -> None:
                             calibration=calibration_for(cell), options=options)
 
     progress = CellProgress(len(todo), desc=job_name(model_spec), enabled=plan.progress)
+    inner_bars = bool(plan.progress) and sys.stderr.isatty()
     try:
         with WeightSnapshot(model, family.module_filter) as snapshot:
             for cell, identity, key in todo:
@@ -253,8 +255,9 @@ def _run_cells(plan, model_spec, todo, store, tracker, summary) -> None:
                 if cell.is_baseline:
                     evaluate = reference.copy
                 else:
-                    # one bar over cells (with a summary line per cell) is enough: no inner bars
-                    evaluate = lambda: suite.run(model, progress=False)  # noqa: E731
+                    # per-window bars inside a cell only on a terminal, where tqdm redraws them in
+                    # place; in a log file the bar over cells and its one line per cell suffice
+                    evaluate = lambda: suite.run(model, progress=inner_bars)  # noqa: E731
                 outcome = run_cell(cell, quantize=quantize, evaluate=evaluate,
                                    restore=snapshot.restore, device=str(model_spec.device))
                 if cell.is_baseline:

@@ -170,9 +170,28 @@ def test_fused_kernels_identical_to_eager():
         pytest.skip("torch.compile unavailable here (no C++ compiler?)")
     torch.manual_seed(0)
     w = torch.randn(96, 130) * torch.rand(96, 1)  # ragged for blocksize 64
-    # two graphs only (compiling costs seconds): the select path (<= 32 codes) and arithmetic int
-    cases = [QuantSpec(4, "nf"), QuantSpec(8, "int", blocksize=None)]
+    # three graphs only (compiling costs seconds): the select path (<= 32 codes), arithmetic int,
+    # and the bit-pattern table for large code books
+    cases = [QuantSpec(4, "nf"), QuantSpec(8, "int", blocksize=None), QuantSpec(8, "dynamic", centered=True)]
     for spec in cases:
         eager = fake_quantize(w, spec, kernel="eager")
         fused = fake_quantize(w, spec, kernel="compiled")
         assert torch.equal(eager, fused), spec
+
+
+@pytest.mark.parametrize("dtype", ["dynamic", "float", "nf", "quantile"])
+def test_large_codebook_table_search_equals_bucketize_exactly(dtype):
+    """8-bit code books (255 midpoints) use a bit-pattern table + corrections instead of a binary
+    search; it must count midpoints strictly below x exactly like bucketize, ties included."""
+    from kscale.quant import _fast
+
+    torch.manual_seed(1)
+    w = torch.randn(64, 64)
+    code = codebook(QuantSpec(8, dtype), w if dtype == "quantile" else None)
+    mids = _fast.midpoints(code)
+    assert mids.numel() > _fast.LUT_MIN_MIDPOINTS
+    up, down = torch.tensor(2.0), torch.tensor(-2.0)
+    x = torch.cat([torch.rand(200_000) * 2 - 1, torch.randn(1000) * 1e-4, mids,
+                   torch.nextafter(mids, up), torch.nextafter(mids, down),
+                   torch.tensor([0.0, -0.0, 1.0, -1.0, 1e-38, -1e-38, 3.0, -3.0])])
+    assert torch.equal(_fast.bucket_index(x, mids), torch.bucketize(x, mids))

@@ -182,6 +182,11 @@ def _run_cells(plan, model_spec, todo, store, tracker, summary) -> None:
     )
     eval_identity = {k if k.startswith("eval_") else f"eval_{k}": v
                      for k, v in suite.identity().items()}
+    eval_identity["eval_batch_size"] = plan.eval.batch_size
+    # which tensors are quantized and how the rest is counted: explicit in every row
+    mf = family.module_filter
+    eval_identity["quant_scope"] = (f"nn.Linear+Conv1D include={','.join(mf.include)} "
+                                    f"exclude={','.join(mf.exclude)}; other params counted at 16 bit")
     # The 16-bit pass, once per model: reference distributions for KL/top-1, and the baseline's
     # own metrics (so the 16-bit cell needs no second evaluation pass).
     t0 = time.perf_counter()

@@ -64,8 +64,13 @@ def save_figure(fig, out_dir: str | Path, name: str) -> list[Path]:
     return paths
 
 
-def plot_bits_scaling(df: pd.DataFrame, metric: str, *, title: str | None = None, frontier: bool = True):
-    """Metric vs total model bits, one line per ``bits`` (best row per size), frontier marked."""
+def plot_bits_scaling(df: pd.DataFrame, metric: str, *, title: str | None = None, frontier: bool = True,
+                      known_E: float | None = None):
+    """Metric vs total model bits, one line per ``bits`` (best row per size), frontier marked.
+
+    ``known_E``: the irreducible loss when it is known exactly (the toy language's entropy rate,
+    in the metric's units), drawn as a horizontal line: no model, at any precision, can go below.
+    """
     from kscale.pareto import precision_curve
 
     data = _usable(df, metric, "total_bits")
@@ -78,6 +83,8 @@ def plot_bits_scaling(df: pd.DataFrame, metric: str, *, title: str | None = None
         fr = pareto_frontier(data, metric)
         ax.plot(fr["total_bits"], fr[metric], "k--", lw=1, alpha=0.7, label="Pareto frontier")
         ax.scatter(fr["total_bits"], fr[metric], s=60, facecolors="none", edgecolors="k", zorder=3)
+    if known_E is not None:
+        ax.axhline(known_E, color="0.4", ls=":", lw=1.2, label=f"entropy rate (irreducible) = {known_E:.3f}")
     ax.set_xscale("log")
     ax.set_xlabel("total model bits (log scale)")
     ax.set_ylabel(metric_label(metric))

@@ -116,7 +116,8 @@ def write_report(study_dir: str | Path, *, metric: str | None = None, law: str =
         tag = fam.replace("/", "_")
         # 1. measured frontier and Figure 1
         try:
-            figs += plots.save_figure(plots.plot_bits_scaling(sub, metric, title=f"{fam}: {metric} vs total model bits"),
+            figs += plots.save_figure(plots.plot_bits_scaling(sub, metric, title=f"{fam}: {metric} vs total model bits",
+                                                                      known_E=known_E if metric.startswith("nll_") else None),
                                       fig_dir, f"{tag}-bits-scaling")
             for col in ("blocksize", "dtype"):
                 at4 = sub[sub["bits"].astype(float) == 4] if "bits" in sub else sub.iloc[:0]

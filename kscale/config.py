@@ -195,8 +195,8 @@ def build_plan(cfg: Any) -> SweepPlan:
 
         try:
             gptq = dict(method_options.get("gptq") or {})
-            if gptq.get("dataset") is None:  # null = the family's own corpus, resolved per job
-                gptq["dataset"] = "wikitext2"
+            if gptq.get("dataset") is None:  # null = the family's own corpus, resolved per job;
+                gptq.pop("dataset", None)  # validate with CalibrationConfig's default meanwhile
             GPTQConfig.from_options({**gptq, "seed": 0})
         except (TypeError, ValueError) as err:
             raise ConfigError(f"invalid override method_options.gptq: {err}") from None

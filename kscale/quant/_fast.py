@@ -146,10 +146,15 @@ def bucket_index(x: torch.Tensor, mids: torch.Tensor) -> torch.Tensor:
     x = x.float()
     if mids.numel() <= LUT_MIN_MIDPOINTS or x.device.type != "cpu":
         return torch.bucketize(x, mids)
-    table, padded, steps = _lut_for(mids)
-    idx = table[_order_key_bucket(x)]
+    return _table_search(x, *_lut_for(mids))
+
+
+def _table_search(x: torch.Tensor, table: torch.Tensor, padded: torch.Tensor, steps: int) -> torch.Tensor:
+    """The search itself (eager, and traced into the fused ``lut`` kernel): table lookup on the
+    value's bucket, then ``steps`` exact compare-and-increment passes inside the bucket."""
+    idx = table[_order_key_bucket(x)]  # count of midpoints below the value's bucket
     for _ in range(steps):
-        idx += padded[idx] < x
+        idx = idx + (padded[idx] < x).long()
     return idx
 
 
@@ -201,9 +206,7 @@ def _lut_body(xb, table, padded, code, centered: bool, scale_bits: int, out_dtyp
     x = xb.float()
     scale, offset = constants(x, centered, scale_bits)
     xn = normalize(x, scale, offset)
-    idx = table[_order_key_bucket(xn)]  # count of midpoints below the value's bucket
-    for _ in range(steps):  # finish inside the bucket: exactly bucketize's count
-        idx = idx + (padded[idx] < xn).long()
+    idx = _table_search(xn, table, padded, steps)
     return _dequant(code[idx], scale, offset, out_dtype)
 
 

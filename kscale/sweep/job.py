@@ -208,10 +208,13 @@ def _run_cells(plan, model_spec, todo, store, tracker, summary) -> None:
 
     def gptq_options(cell: CellSpec) -> dict[str, Any]:
         """The cell's GPTQ options with the calibration corpus resolved: ``dataset: null``
-        means the family's own (the toy language for ``toy``, else WikiText-2)."""
+        means the family's own (the toy language for ``toy``), else CalibrationConfig's default
+        (WikiText-2)."""
         options = _method_options(cell)
         if options.get("dataset") is None:
-            options["dataset"] = family.provider or "wikitext2"
+            options.pop("dataset", None)
+            if family.provider:
+                options["dataset"] = family.provider
         return options
 
     def calibration_for(cell: CellSpec):
@@ -238,8 +241,10 @@ def _run_cells(plan, model_spec, todo, store, tracker, summary) -> None:
         from kscale.quant.gptq import GPTQConfig
 
         config = GPTQConfig.from_options(gptq_options(cell))
-        cal = calibration_for(cell)
-        return replace(config, calibration=getattr(cal, "config", config.calibration)).to_row()
+        # the resolved settings (seqlen) of the windows quantize() drew; none if that failed, and
+        # a failed calibration must not be retried here, outside run_cell's error handling
+        cal = calibrations.get(config.calibration)
+        return replace(config, calibration=cal.config if cal is not None else config.calibration).to_row()
 
     def quantize(cell: CellSpec):
         if cell.is_baseline:

@@ -6,20 +6,25 @@ error names the override to change, the value received and what is allowed
 sweep config should cost seconds, not a cluster allocation.
 
 Config keys read (``conf/sweep.yaml`` documents each):
-    name, results_dir, data_dir, cache_dir, rerun, progress, seed,
-    method, dtype, bits, blocksize, centered, exponent_bits, scale_bits, outlier_frac (grid axes:
-    a value or a list), method_options.<method>.*, model.* (conf/model), eval.* (conf/eval),
-    wandb.{mode, project, entity, dir, tags}.
+    :data:`SWEEP_KEYS` (the top level of ``conf/sweep.yaml``; anything else, such as a typo'd
+    ``+bitz=4``, is rejected), model.* (conf/model), eval.* (conf/eval), method_options.<method>.*
+    (conf/method_options/<method>.yaml), wandb.{mode, project, entity, dir, tags}.
+
+Method knowledge stays in the method objects (``kscale.quant.METHODS``): this module only asks
+each method to validate its options and its specs. Evaluation is bound to the model: a corpus
+or task must belong to the model's tokenizer (a family whose checkpoints kscale builds, such as
+``toy``, evaluates on its own language only; every other family on natural text only).
 """
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from kscale.sweep.grid import BASELINE_METHOD, QUANT_AXES, as_list, expand_cells
+from kscale.registry import did_you_mean
+from kscale.sweep.grid import QUANT_AXES, as_list, expand_cells
 from kscale.sweep.plan import WANDB_MODES, EvalPlan, SweepPlan, TrackingSpec
 
 log = logging.getLogger(__name__)
@@ -27,7 +32,15 @@ log = logging.getLogger(__name__)
 #: Keys of the model group that ``resolve_models`` understands.
 MODEL_KEYS: tuple[str, ...] = (
     "name", "sizes", "local_dir", "local_paths", "checkpoints", "dtype", "device", "device_map",
-    "trust_remote_code", "revision", "provider_options",
+    "trust_remote_code", "revision", "revisions", "revision_tokens", "provider_options",
+)
+#: Keys of the model group that describe the family for planning, not for loading.
+MODEL_INFO_KEYS: tuple[str, ...] = ("n_params", "description")
+#: Top-level keys of a sweep config (conf/sweep.yaml; a test keeps the two equal). A key
+#: outside this set is a typo that would otherwise be ignored while the sweep runs.
+SWEEP_KEYS: tuple[str, ...] = (
+    "name", "results_dir", "data_dir", "cache_dir", *QUANT_AXES, "method_options", "rerun",
+    "progress", "report", "plan", "plan_out", "plan_device", "plan_probe", "wandb", "model", "eval",
 )
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -79,6 +92,7 @@ def _check_axis_values(c: Mapping[str, Any]) -> None:
     from kscale.quant import METHODS, QuantSpec
 
     probes = {
+        "method": METHODS.get,  # unknown names raise with did-you-mean
         "bits": lambda v: QuantSpec(bits=v),
         "dtype": lambda v: QuantSpec(bits=4, dtype=v),
         "blocksize": lambda v: QuantSpec(bits=4, blocksize=v),
@@ -93,12 +107,7 @@ def _check_axis_values(c: Mapping[str, Any]) -> None:
         if not values:
             raise ConfigError(f"invalid override {axis}=[]: give at least one value")
         for value in values:
-            if axis == "method":
-                if value != BASELINE_METHOD and value not in METHODS:
-                    names = ", ".join(METHODS.names())
-                    raise ConfigError(f"invalid override method={value}: unknown quantization "
-                                      f"method {value!r}. Allowed: {names}")
-            elif axis == "seed":
+            if axis == "seed":
                 if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                     raise ConfigError(f"invalid override seed={value}: seeds are integers >= 0")
             elif axis in probes:
@@ -108,17 +117,103 @@ def _check_axis_values(c: Mapping[str, Any]) -> None:
                     raise ConfigError(f"invalid override {axis}={value}: {err}") from None
 
 
+def _check_method_options(c: Mapping[str, Any]) -> dict[str, Any]:
+    """Each method's options, validated by the method's own config class."""
+    from kscale.quant import METHODS
+
+    method_options = c.get("method_options") or {}
+    if not isinstance(method_options, Mapping):
+        raise ConfigError("invalid method_options: a mapping {method: {option: value}}")
+    for name, options in method_options.items():
+        if name not in METHODS:
+            try:
+                METHODS.get(name)
+            except KeyError as err:
+                raise ConfigError(f"invalid method_options.{name}: {err}") from None
+        if options is not None and not isinstance(options, Mapping):
+            raise ConfigError(f"invalid method_options.{name}={options!r}: a mapping of options")
+    for name in as_list(c.get("method", "rtn")):
+        try:
+            METHODS.get(name).configure(method_options.get(name) or {})
+        except ValueError as err:
+            raise ConfigError(f"invalid override method_options.{name}: {err}") from None
+    return dict(method_options)
+
+
+def _check_bound_eval(family_name: str, ev: EvalPlan, cells: Sequence[Any],
+                      method_options: Mapping[str, Any], data_dir: Path) -> None:
+    """Reject corpora, tasks and calibration text that do not belong to the model's tokenizer.
+
+    A family whose checkpoints kscale builds (a *provider* family: ``toy``) speaks only its
+    provider's language, so it may be scored and calibrated on that corpus only; every other
+    family reads natural text, so no provider's corpus may be used with it. The rule needs no
+    download and no tokenizer, so it runs before anything loads."""
+    from kscale.evaluate import PerplexitySpec
+    from kscale.models import PROVIDERS, get_family
+    from kscale.quant import METHODS
+
+    family = get_family(family_name)
+    own = family.provider
+    used = [(f"eval perplexity dataset {s.dataset!r}", s.dataset) for s in ev.specs
+            if isinstance(s, PerplexitySpec)]
+    tasks = [s.task for s in ev.specs if not isinstance(s, PerplexitySpec)]
+    for name in sorted({cell.method for cell in cells}):
+        method = METHODS.get(name)
+        if method.needs_calibration:
+            config = method.configure(method_options.get(name) or {}, own_corpus=own)
+            used.append((f"method_options.{name}.dataset {config.calibration.dataset!r}",
+                         config.calibration.dataset))
+    for what, corpus in used:
+        if own and corpus != own:
+            raise ConfigError(
+                f"invalid combination model={family_name} with {what}: the {family_name} models' "
+                f"tokenizer only speaks the {own!r} language, so {corpus!r} would be scored through "
+                f"a vocabulary it was not written in. Use eval={family.default_eval or own} "
+                f"(corpus {own!r}), or a natural-language family")
+        if not own and corpus in PROVIDERS.names():
+            raise ConfigError(
+                f"invalid combination model={family_name} with {what}: {corpus!r} is the synthetic "
+                f"language of the {corpus!r} family and means nothing through {family_name}'s "
+                f"tokenizer. Use eval={family.default_eval or 'wikitext2'} or another natural-text eval")
+    if own and tasks:
+        raise ConfigError(
+            f"invalid combination model={family_name} with zero-shot tasks {', '.join(tasks)}: they "
+            f"are English text and the {family_name} tokenizer only speaks the {own!r} language")
+    _check_corpora_available([c for _, c in used if c != own], data_dir, ev.source)
+
+
+def _check_corpora_available(corpora: Sequence[str], data_dir: Path, source: str) -> None:
+    """Fail fast when an eval or calibration corpus is neither on disk nor reachable."""
+    try:
+        from kscale.data.corpus import check_available
+    except ImportError:  # pragma: no cover - older data package
+        return
+    for corpus in dict.fromkeys(corpora):
+        try:
+            check_available(corpus, data_dir=data_dir, source=source)
+        except ValueError as err:
+            raise ConfigError(f"invalid eval/calibration corpus {corpus!r}: {err}") from None
+
+
 def _model_plan(model: Mapping[str, Any]) -> tuple[list[Any], dict[str, Any]]:
     from kscale.models import ModelConfigError, resolve_models
+    from kscale.models.placement import resolve_device, resolve_dtype
 
     if not isinstance(model, Mapping) or not model.get("name"):
         raise ConfigError("invalid model config: choose a family with model=<name> "
                           "(conf/model/<name>.yaml needs a 'name' key)")
-    unknown = sorted(set(model) - set(MODEL_KEYS))
+    unknown = sorted(set(model) - set(MODEL_KEYS) - set(MODEL_INFO_KEYS))
     if unknown:
         raise ConfigError(f"invalid model config: unknown keys {unknown}. "
-                          f"Allowed: {', '.join(MODEL_KEYS)}")
-    kw = {k: v for k, v in model.items() if k != "name" and k != "sizes" and v is not None}
+                          f"Allowed: {', '.join(MODEL_KEYS + MODEL_INFO_KEYS)}")
+    kw = {k: v for k, v in model.items()
+          if k in MODEL_KEYS and k not in ("name", "sizes") and v is not None}
+    kw["local_paths"] = {k: v for k, v in (kw.get("local_paths") or {}).items() if v is not None}
+    try:
+        kw["device"] = resolve_device(model.get("device"))
+        kw["dtype"] = resolve_dtype(model.get("dtype"), kw["device"])
+    except ValueError as err:
+        raise ConfigError(f"invalid model config: {err}") from None
     sizes = model.get("sizes")
     provider_options = dict(kw.get("provider_options") or {})
     try:
@@ -126,6 +221,8 @@ def _model_plan(model: Mapping[str, Any]) -> tuple[list[Any], dict[str, Any]]:
     except ModelConfigError as err:
         raise ConfigError(f"invalid override model={model['name']} "
                           f"(model.sizes={sizes if sizes is not None else 'all'}): {err}") from None
+    except TypeError as err:  # a model key this version of resolve_models does not take
+        raise ConfigError(f"invalid model config for model={model['name']}: {err}") from None
     return specs, provider_options
 
 
@@ -143,9 +240,10 @@ def _eval_plan(cfg: Any, ev: Mapping[str, Any]) -> EvalPlan:
         raise ConfigError(f"invalid override eval={name}: it names no perplexity dataset and no "
                           "zero-shot task; every cell would measure nothing")
     batch_size = ev.get("batch_size", 1)
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ConfigError(f"invalid override eval.batch_size={batch_size!r}: "
-                          "must be a positive integer (perplexity windows per forward pass)")
+    if batch_size != "auto" and (not isinstance(batch_size, int) or isinstance(batch_size, bool)
+                                 or batch_size < 1):
+        raise ConfigError(f"invalid override eval.batch_size={batch_size!r}: a positive integer "
+                          "(sequences per forward pass) or auto (the largest that fits)")
     return EvalPlan(name=name, config=dict(ev), specs=tuple(specs),
                     source=str(ev.get("source") or "auto"), batch_size=batch_size)
 
@@ -185,21 +283,13 @@ def build_plan(cfg: Any) -> SweepPlan:
                           "(default: $KSCALE_DATA_DIR or ../shared/data)")
     cache_dir = Path(c["cache_dir"]).expanduser() if c.get("cache_dir") else default_cache_dir()
 
+    unknown = sorted(set(c) - set(SWEEP_KEYS) - {"choices"})
+    if unknown:
+        raise ConfigError(f"invalid override {unknown[0]}: not a sweep setting (a typo?)."
+                          f"{did_you_mean(unknown[0], SWEEP_KEYS)} Settings: {', '.join(SWEEP_KEYS)}")
     _check_axis_values(c)
     axes = {axis: c[axis] for axis in QUANT_AXES if axis in c and c[axis] is not None}
-    method_options = c.get("method_options") or {}
-    if not isinstance(method_options, Mapping):
-        raise ConfigError("invalid method_options: a mapping {method: {option: value}}")
-    if "gptq" in as_list(c.get("method")):
-        from kscale.quant.gptq import GPTQConfig
-
-        try:
-            gptq = dict(method_options.get("gptq") or {})
-            if gptq.get("dataset") is None:  # null = the family's own corpus, resolved per job;
-                gptq.pop("dataset", None)  # validate with CalibrationConfig's default meanwhile
-            GPTQConfig.from_options({**gptq, "seed": 0})
-        except (TypeError, ValueError) as err:
-            raise ConfigError(f"invalid override method_options.gptq: {err}") from None
+    method_options = _check_method_options(c)
     try:
         cells = expand_cells(axes, method_options=method_options)
     except ValueError as err:
@@ -207,6 +297,7 @@ def build_plan(cfg: Any) -> SweepPlan:
 
     models, provider_options = _model_plan(c.get("model"))
     ev = _eval_plan(cfg, c.get("eval"))
+    _check_bound_eval(c["model"]["name"], ev, cells, method_options, data_dir)
     tracking = _tracking(c, name)
     config = dict(c)
     for group in ("model", "eval", "experiment"):

@@ -68,7 +68,7 @@ from kscale.quant.calibration import CalibrationConfig, CalibrationSet
 from kscale.quant.core import block_constants, codebook
 from kscale.quant.filter import ModuleFilter
 from kscale.quant.ledger import BitLedger, ledger_for
-from kscale.quant.methods import METHODS
+from kscale.quant.methods import CalibratedConfig, QuantMethod, register_method
 from kscale.quant.modules import quantizable_modules, set_weight_matrix, weight_matrix
 from kscale.quant.outliers import keep_columns_for
 from kscale.quant.sequential import calibrate_blockwise
@@ -397,7 +397,7 @@ def _block_constants(
 
 
 @dataclass(frozen=True)
-class GPTQConfig:
+class GPTQConfig(CalibratedConfig):
     """Everything GPTQ needs besides the spec; each field is recorded via :meth:`to_row`.
 
     Attributes:
@@ -413,7 +413,6 @@ class GPTQConfig:
         progress: show a tqdm bar over decoder blocks.
     """
 
-    calibration: CalibrationConfig = CalibrationConfig()
     damp: float = 0.01
     act_order: bool = False
     column_block: int = 128
@@ -430,29 +429,21 @@ class GPTQConfig:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"gptq {name} must be True or False; got {getattr(self, name)!r}")
 
-    #: option keys accepted by :meth:`from_options` that belong to the calibration config
-    CALIBRATION_KEYS = ("dataset", "split", "nsamples", "seqlen", "seed", "source", "path")
-
     @classmethod
-    def from_options(cls, options: Mapping[str, Any] | None) -> GPTQConfig:
-        """Build from a flat options mapping (config files, ``apply_method(options=...)``):
-        calibration keys (``dataset``, ``nsamples``, ``seqlen``, ``seed``, ...) and GPTQ keys
-        (``damp``, ``act_order``, ``column_block``, ``sequential``, ``device``, ``progress``).
-        Keys used by other parts of ``apply_method`` (``outlier_pairs``) are ignored here."""
+    def from_options(cls, options: Mapping[str, Any] | None = None, *, seed: int | None = None,
+                     own_corpus: str | None = None) -> GPTQConfig:
+        """Build from a flat options mapping: calibration keys (``dataset``, ``nsamples``,
+        ``seqlen``, ...) and GPTQ keys (``damp``, ``act_order``, ``column_block``,
+        ``sequential``, ``device``, ``progress``). For direct callers, ``seed`` may also be
+        given in ``options``, and a ready ``calibration`` (a :class:`CalibrationConfig`)."""
         options = dict(options or {})
         options.pop("outlier_pairs", None)
-        if isinstance(options.get("calibration"), CalibrationConfig):
-            calibration = options.pop("calibration")
-        else:
-            calibration = CalibrationConfig(**{k: options.pop(k) for k in cls.CALIBRATION_KEYS if k in options})
-        own = {f.name for f in fields(cls)} - {"calibration"}
-        unknown = sorted(set(options) - own)
-        if unknown:
-            allowed = sorted(own | set(cls.CALIBRATION_KEYS) | {"outlier_pairs"})
-            raise ValueError(
-                f"unknown gptq option(s) {unknown}.{did_you_mean(unknown[0], allowed)} Allowed: {', '.join(allowed)}"
-            )
-        return cls(calibration=calibration, **options)
+        seed = options.pop("seed", 0) if seed is None else seed
+        calibration = options.pop("calibration", None)
+        config = super().from_options(options, seed=seed, own_corpus=own_corpus)
+        if isinstance(calibration, CalibrationConfig):
+            config = replace(config, calibration=calibration)
+        return config
 
     def to_row(self) -> dict[str, Any]:
         """Identity fields for result rows (``calib_*`` and ``gptq_*``)."""
@@ -580,35 +571,32 @@ def gptq_quantize_model(
     return results
 
 
-@METHODS.register("gptq")
-def gptq_method(
-    model: nn.Module,
-    spec: QuantSpec,
-    *,
-    module_filter: ModuleFilter | None = None,
-    calibration: CalibrationSet | Tensor | None = None,
-    options: Mapping[str, Any] | None = None,
-) -> BitLedger:
-    """``apply_method("gptq", ...)``: GPTQ in place, return the ledger (GPTQ changes values, not
-    storage, so the ledger is the round-to-nearest one for the same spec and kept columns).
+@register_method
+class GPTQ(QuantMethod):
+    """GPTQ (Frantar et al. 2023): column-by-column rounding with second-order error feedback
+    from calibration activations, block by block through the decoder. It changes values, not
+    storage, so the ledger is the round-to-nearest one for the same spec and kept columns."""
 
-    ``options``: flat :meth:`GPTQConfig.from_options` keys plus ``outlier_pairs`` (the family's
-    producer -> consumer globs, needed when ``spec.outlier_frac > 0``).
-    """
-    options = dict(options or {})
-    config = GPTQConfig.from_options(options)
-    keep = keep_columns_for(model, spec, outlier_pairs=options.get("outlier_pairs"), module_filter=module_filter)
-    ledger = ledger_for(model, spec, module_filter=module_filter, keep_columns=keep)
-    if spec.is_baseline:
+    name = "gptq"
+    config_class = GPTQConfig
+    needs_calibration = True
+    seed_matters = True
+    description = "GPTQ with calibration windows (Frantar et al. 2023)"
+
+    def quantize(self, model, spec, config, *, module_filter=None, calibration=None,
+                 outlier_pairs=(), progress=False) -> BitLedger:
+        self.check(spec)
+        config = replace(config, progress=bool(progress and config.progress))
+        keep = keep_columns_for(model, spec, outlier_pairs=outlier_pairs or None, module_filter=module_filter)
+        ledger = ledger_for(model, spec, module_filter=module_filter, keep_columns=keep)
+        start = time.perf_counter()
+        results = gptq_quantize_model(
+            model, spec, _calibration_tokens(calibration), config=config,
+            module_filter=module_filter, keep_columns=keep,
+        )
+        log.info(
+            "gptq quantized %d matrices spec=%s in %.1fs (proxy loss %.4g, bits_per_param=%.4f)",
+            len(results), spec.label, time.perf_counter() - start,
+            sum(r.loss for r in results.values()), ledger.bits_per_param,
+        )
         return ledger
-    start = time.perf_counter()
-    results = gptq_quantize_model(
-        model, spec, _calibration_tokens(calibration), config=config,
-        module_filter=module_filter, keep_columns=keep,
-    )
-    log.info(
-        "gptq quantized %d matrices spec=%s in %.1fs (proxy loss %.4g, bits_per_param=%.4f)",
-        len(results), spec.label, time.perf_counter() - start,
-        sum(r.loss for r in results.values()), ledger.bits_per_param,
-    )
-    return ledger

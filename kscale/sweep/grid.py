@@ -1,14 +1,18 @@
 """The quantization grid of one job: axes -> the list of cells run against one loaded model.
 
 A *cell* is one (method, QuantSpec, seed, method options) applied to a model. The grid is the
-cartesian product of the axes, with two canonicalisations that keep it from doing useless work:
+cartesian product of the axes, with two canonicalisations that keep it from doing useless work,
+both decided by the method objects in ``kscale.quant.METHODS`` (this module names none):
 
 * ``bits=16`` is the unquantized baseline. Its dtype, block size, method and seed are
-  meaningless, so every 16-bit combination collapses into one cell per model
-  (``method="none"``, the default ``QuantSpec(bits=16)``), run first.
-* ``seed`` only matters to methods that sample calibration data (GPTQ). For the others
-  (round-to-nearest) the seed axis is collapsed and recorded as 0, so ``seed=0,1,2
-  method=rtn,gptq`` runs RTN once and GPTQ three times.
+  meaningless, so every 16-bit combination collapses into one cell per model (the baseline
+  method, ``QuantSpec(bits=16)``), run first; its row leaves dtype/blocksize/... empty.
+* ``seed`` only matters to methods whose ``seed_matters`` (calibration sampling). For the
+  others the seed axis is collapsed and recorded as 0, so ``seed=0,1,2 method=rtn,gptq``
+  runs RTN once and GPTQ three times.
+
+Every other combination is checked by its method (:meth:`QuantMethod.check`): the baseline
+method at ``bits=4`` is rejected here, before anything loads, naming the rule.
 """
 from __future__ import annotations
 
@@ -19,18 +23,31 @@ from dataclasses import dataclass, field
 from typing import Any
 
 #: Grid axes inside a job, in the order they vary (outermost first). ``method`` and ``seed`` are
-#: cell fields; the others are ``QuantSpec`` fields.
+#: cell fields; the others are ``QuantSpec`` fields. The Hydra sweeper keeps comma lists of
+#: exactly these (plus ``model.sizes``/``model.revisions``) inside one job.
 QUANT_AXES: tuple[str, ...] = (
     "method", "dtype", "bits", "blocksize", "centered", "exponent_bits", "scale_bits",
     "outlier_frac", "seed",
 )
+#: Model-config axes whose comma lists become separate jobs of one plan (one load each).
+MODEL_AXES: tuple[str, ...] = ("model.sizes", "model.revisions")
 SPEC_FIELDS: tuple[str, ...] = (
     "bits", "dtype", "blocksize", "exponent_bits", "centered", "scale_bits", "outlier_frac",
 )
 BASELINE_BITS = 16
-BASELINE_METHOD = "none"
-#: Methods whose result depends on ``seed`` (calibration sampling). Others collapse the axis.
-SEEDED_METHODS: frozenset[str] = frozenset({"gptq"})
+
+
+def _methods():
+    """The method registry (imported lazily: importing the grid needs no torch)."""
+    from kscale.quant.methods import METHODS
+
+    return METHODS
+
+
+def baseline_method() -> str:
+    from kscale.quant.methods import BASELINE_METHOD
+
+    return BASELINE_METHOD
 
 
 @dataclass(frozen=True)
@@ -38,7 +55,7 @@ class CellSpec:
     """One quantization cell.
 
     Attributes:
-        method: ``"none"`` for the 16-bit baseline, else a ``kscale.quant.METHODS`` name.
+        method: a ``kscale.quant.METHODS`` name (the baseline method for the 16-bit cell).
         quant: the ``QuantSpec``.
         seed: calibration seed (0 for methods that do not sample).
         options: method options as sorted ``(name, value)`` pairs (hashable; JSON values).
@@ -51,7 +68,8 @@ class CellSpec:
 
     @property
     def is_baseline(self) -> bool:
-        return self.method == BASELINE_METHOD
+        """The unquantized 16-bit cell (its metrics are the job's 16-bit reference pass)."""
+        return self.quant.is_baseline
 
     @property
     def options_dict(self) -> dict[str, Any]:
@@ -72,13 +90,18 @@ class CellSpec:
             text += f"-s{q.scale_bits}"
         if getattr(q, "outlier_frac", 0.0):
             text += f"-o{q.outlier_frac:g}"
-        if self.method in SEEDED_METHODS:
+        if _methods().get(self.method).seed_matters:
             text += f"-seed{self.seed}"
         return text
 
     def identity(self) -> dict[str, Any]:
-        """The cell's part of a row's identity (``QuantSpec.to_row()`` + method/seed/options)."""
+        """The cell's part of a row's identity (``QuantSpec.to_row()`` + method/seed/options).
+
+        The baseline's quantization fields other than ``bits`` are None: a 16-bit row has no
+        data type or block size, and must not look like one of the grid's."""
         row = dict(self.quant.to_row())
+        if self.is_baseline:
+            row = {k: (v if k == "bits" else None) for k, v in row.items()}
         row.update(
             method=self.method,
             seed=self.seed,
@@ -134,6 +157,7 @@ def expand_cells(
     unknown = sorted(set(axes) - set(QUANT_AXES))
     if unknown:
         raise ValueError(f"unknown grid axes {unknown}; allowed: {', '.join(QUANT_AXES)}")
+    methods = _methods()
     method_options = method_options or {}
     names = [a for a in QUANT_AXES if a in axes]
     values = [as_list(axes[a]) for a in names]
@@ -144,20 +168,23 @@ def expand_cells(
     baseline: CellSpec | None = None
     for combo in itertools.product(*values):
         point = dict(zip(names, combo))
-        method = point.pop("method", "rtn")
+        name = point.pop("method", "rtn")
         seed = point.pop("seed", 0)
-        if point.get("bits") == BASELINE_BITS:
-            if baseline is None:
-                baseline = CellSpec(BASELINE_METHOD, quant_spec_factory(bits=BASELINE_BITS), 0)
-            continue
+        method = methods.get(name)  # unknown names raise with did-you-mean
+        if point.get("bits") == BASELINE_BITS and method.name != baseline_method():
+            point = {"bits": BASELINE_BITS}  # every 16-bit combination is the one baseline
+            method = methods.get(baseline_method())
         try:
             spec = quant_spec_factory(**point)
+            method.check(spec)
         except (TypeError, ValueError) as err:
-            raise ValueError(f"{err} (grid point {point})") from err
-        if method not in SEEDED_METHODS:
-            seed = 0
-        options = _freeze(dict(method_options.get(method, {}) or {}))
-        cells.setdefault(CellSpec(method, spec, int(seed), options), None)
+            raise ValueError(f"{err} (grid point method={name} {point})") from None
+        if spec.is_baseline:
+            baseline = baseline or CellSpec(method.name, quant_spec_factory(bits=BASELINE_BITS), 0)
+            continue
+        seed = int(seed) if method.seed_matters else 0
+        options = _freeze(dict(method_options.get(method.name, {}) or {}))
+        cells.setdefault(CellSpec(method.name, spec, seed, options), None)
     return ([baseline] if baseline else []) + list(cells)
 
 

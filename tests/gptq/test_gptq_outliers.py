@@ -78,8 +78,8 @@ def test_kept_columns_bit_identical_and_ledger_hand_count(method):
     before = {n: weight_matrix(m).detach().clone() for n, m in quantizable_modules(model, None).items()}
     keep = outlier_keep_columns(model, OPT_PAIRS, spec.outlier_frac)
     calibration = torch.randint(0, 96, (4, 32), generator=torch.Generator().manual_seed(0))
-    # gptq derives the masks itself from the family's pairs; rtn takes them as keep_columns
-    options = {"outlier_pairs": OPT_PAIRS, "progress": False} if method == "gptq" else {"keep_columns": keep, "progress": False}
+    # both methods derive the masks themselves from the family's pairs (the same rule as `keep`)
+    options = {"outlier_pairs": OPT_PAIRS, "progress": False}
     ledger = apply_method(method, model, spec, calibration=calibration, options=options)
     after = {n: weight_matrix(m).detach() for n, m in quantizable_modules(model, None).items()}
     for name, mask in keep.items():

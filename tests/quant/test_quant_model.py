@@ -147,7 +147,7 @@ def test_methods_registry_and_options(gpt2):
     assert "rtn" in METHODS
     with pytest.raises(ValueError, match="Did you mean 'rtn'"):
         apply_method("rtm", gpt2, QuantSpec(4))
-    with pytest.raises(ValueError, match="unknown rtn option"):
+    with pytest.raises(ValueError, match="method rtn: unknown option"):
         apply_method("rtn", gpt2, QuantSpec(4), options={"damp": 0.1})
     led = apply_method("rtn", gpt2, QuantSpec(16))
     assert led.bits_per_param == 16.0

@@ -1,6 +1,7 @@
 # kscale: two commands do all the set-up on a fresh machine.
 #   make sweep   creates .venv if needed, then runs the embedded default study (toy ladder)
 #   make test    creates .venv if needed, then runs the whole test suite (what .ci/run calls)
+#   make test-fast  the development loop: everything but the `slow` end-to-end tests
 #
 # torch is installed first and on its own, so that pip never pulls a multi-GB CUDA
 # build through another package's requirement. Override TORCH_SPEC for your platform,
@@ -11,7 +12,7 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: venv sweep test bench clean-venv
+.PHONY: venv sweep test test-fast bench clean-venv
 
 venv: $(VENV)/.installed
 
@@ -27,6 +28,9 @@ sweep: venv
 
 test: venv
 	$(PY) -m pytest -m "not gpu" $(PYTEST_ARGS)
+
+test-fast: venv
+	$(PY) -m pytest -m "not gpu and not slow" -q $(PYTEST_ARGS)
 
 bench: venv
 	for b in benchmarks/*.py; do $(PY) $$b || exit 1; done

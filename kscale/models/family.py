@@ -14,6 +14,7 @@ GPTQ's ``find_layers`` over ``model.decoder.layers``.
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,9 @@ from kscale.quant.filter import ModuleFilter
 from kscale.registry import Registry
 
 T = TypeVar("T")
+
+#: Revision names of the form ``step<N>`` (Pythia's hub branches): N optimizer steps.
+STEP_REVISION = re.compile(r"step(\d+)")
 
 # Packages that register extra families/providers/corpora when imported. They are imported
 # lazily, on the first lookup of a name that is not registered yet, so that importing
@@ -48,6 +52,15 @@ class ModelFamily:
         open_sizes: the size table lists examples only; any label is accepted when the user
             gives its checkpoint (``checkpoints=``, ``local_paths=`` or ``local_dir``), as for
             the generic ``llama`` family.
+        tokens_per_step: training tokens per optimizer step, when every size shares one batch
+            (Pythia: 1024 sequences x 2048 tokens = 2,097,152). A revision ``step<N>`` was trained
+            on ``N * tokens_per_step`` tokens; None = the family publishes no such rule.
+        final_revision: the revision the default (hub ``main``) checkpoint is (``step143000``),
+            so the default row gets its token count too.
+        revisions: the revisions the family publishes, if known; others are rejected up front
+            (before a hub call) unless their token count is given explicitly.
+        default_eval: the eval (``conf/eval/<name>.yaml``) the family is scored with unless
+            another is asked for; its YAML's defaults list names the same (a test checks).
     """
 
     name: str
@@ -58,9 +71,14 @@ class ModelFamily:
     provider: str | None = None
     description: str = ""
     open_sizes: bool = False
+    tokens_per_step: int | None = None
+    final_revision: str | None = None
+    revisions: tuple[str, ...] = ()
+    default_eval: str = "wikitext2"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sizes", MappingProxyType(dict(self.sizes)))
+        object.__setattr__(self, "revisions", tuple(self.revisions))
         object.__setattr__(self, "outlier_pairs", tuple(tuple(p) for p in self.outlier_pairs))
         if not isinstance(self.seqlen, int) or self.seqlen < 2:
             raise ValueError(f"family {self.name!r}: seqlen must be an int >= 2; got {self.seqlen!r}")
@@ -71,15 +89,30 @@ class ModelFamily:
     def size_labels(self) -> list[str]:
         return list(self.sizes)
 
+    def revision_tokens(self, revision: str | None) -> int | None:
+        """Training tokens of ``revision`` (None = the default checkpoint) by the family's step
+        rule: ``step<N>`` -> ``N * tokens_per_step``; None when the family has no rule or the
+        name is not a step."""
+        revision = self.final_revision if revision is None else revision
+        match = STEP_REVISION.fullmatch(revision or "")
+        if self.tokens_per_step is None or match is None:
+            return None
+        return int(match.group(1)) * self.tokens_per_step
+
 
 class CheckpointProvider(Protocol):
-    """Builds checkpoints that are not on the hub (e.g. trains the toy ladder)."""
+    """Builds checkpoints that are not on the hub (e.g. trains the toy ladder).
 
-    def locate(self, size: str, options: Mapping[str, Any]) -> Path:
-        """Where the checkpoint of ``size`` is or will be; does no work."""
+    Checkpoints over training (optional): ``revisions(options)`` names them, ``locate`` and
+    ``ensure`` take them, ``n_tokens`` reports a built checkpoint's training tokens.
+    """
 
-    def ensure(self, sizes: Sequence[str], options: Mapping[str, Any]) -> dict[str, Path]:
-        """Build whatever is missing and return ``size -> checkpoint dir``."""
+    def locate(self, size: str, options: Mapping[str, Any], revision: str | None = None) -> Path:
+        """Where the checkpoint of ``size`` (at ``revision``; None = final) is or will be; does no work."""
+
+    def ensure(self, sizes: Sequence[str], options: Mapping[str, Any],
+               revisions: Sequence[str | None] | None = None) -> dict[str, Path]:
+        """Build whatever is missing (``revisions`` of every size too) and return ``size -> final dir``."""
 
 
 def import_plugins() -> None:
@@ -146,6 +179,14 @@ FAMILIES.register("opt", ModelFamily(
 ))
 
 _PYTHIA_SIZES = ("70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b")
+# Pythia (Biderman et al. 2023, §2): every size trains 143,000 steps of 1024 x 2048 tokens
+# (~300B tokens) and publishes 154 checkpoints as hub branches: step0, log-spaced
+# step1 .. step512, then every 1000 steps; ``main`` is step143000.
+_PYTHIA_CHECKPOINTS = dict(
+    tokens_per_step=1024 * 2048,
+    final_revision="step143000",
+    revisions=tuple(f"step{n}" for n in [0, *(2**i for i in range(10)), *range(1000, 143_001, 1000)]),
+)
 # GPT-NeoX blocks use a parallel residual: attention and MLP read the same normed input, so the
 # attention output (dense) reaches the next block's MLP through the residual stream; inside the
 # MLP, dense_h_to_4h's hidden units feed dense_4h_to_h directly.
@@ -160,6 +201,7 @@ FAMILIES.register("pythia", ModelFamily(
     seqlen=2048,
     outlier_pairs=_NEOX_PAIRS,
     description="EleutherAI Pythia (GPT-NeoX), trained on the Pile; no BOS added by the tokenizer",
+    **_PYTHIA_CHECKPOINTS,
 ))
 FAMILIES.register("pythia-deduped", ModelFamily(
     name="pythia-deduped",
@@ -168,6 +210,7 @@ FAMILIES.register("pythia-deduped", ModelFamily(
     seqlen=2048,
     outlier_pairs=_NEOX_PAIRS,
     description="EleutherAI Pythia trained on the deduplicated Pile",
+    **_PYTHIA_CHECKPOINTS,
 ))
 
 # GPT-2 stores its block linears as transformers Conv1D ([in, out] weights); c_attn is fused QKV.

@@ -132,8 +132,24 @@ def calibration_tokens(
     corpus = load_corpus(config.dataset, **kwargs)
     ids = torch.tensor(tokenizer(corpus.joined())["input_ids"], dtype=torch.long)
     tokens = sample_windows(ids, config.nsamples, int(length), config.seed)
+    split = config.split if config.split is not None else default_split(config.dataset)
     log.info(
-        "calibration: %d windows of %d tokens from %s (%d tokens, seed %d)",
-        config.nsamples, length, config.dataset, ids.numel(), config.seed,
+        "calibration: %d windows of %d tokens from %s/%s (%d tokens, seed %d)",
+        config.nsamples, length, config.dataset, split, ids.numel(), config.seed,
     )
-    return CalibrationSet(tokens=tokens, config=replace(config, seqlen=int(length)))
+    return CalibrationSet(tokens=tokens, config=replace(config, seqlen=int(length), split=split))
+
+
+def default_split(dataset: str) -> str | None:
+    """The split a corpus loader reads when none is given (``test`` for the local WikiText-2),
+    so a row records the split GPTQ actually calibrated on, never null."""
+    import inspect
+
+    from kscale.data import CORPORA
+
+    try:
+        loader = CORPORA.get(dataset)
+        default = inspect.signature(loader).parameters["split"].default
+    except (KeyError, TypeError, ValueError):
+        return None
+    return None if default is inspect.Parameter.empty else default

@@ -46,6 +46,7 @@ if "toy" not in FAMILIES:  # importlib test mode may import the package twice
         "toy",
         ModelFamily(
             name="toy",
+            default_eval="toy",
             sizes={label: f"toy/{label}" for label in LADDER},
             module_filter=ModuleFilter(),  # every block linear; embeddings and tied lm_head stay 16-bit
             seqlen=TrainSpec().seqlen,

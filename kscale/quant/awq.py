@@ -61,14 +61,21 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from kscale.quant.calibration import CalibrationSet
+from kscale.quant.calibration import CalibrationSet, window_tokens
 from kscale.quant.filter import ModuleFilter
 from kscale.quant.ledger import BitLedger, LedgerRow, ledger_for
 from kscale.quant.methods import CalibratedConfig, QuantMethod, register_method
 from kscale.quant.model import quantize_matrix
-from kscale.quant.modules import quantizable_modules, set_weight_matrix, weight_matrix
+from kscale.quant.modules import set_weight_matrix, weight_matrix
 from kscale.quant.outliers import keep_columns_for
-from kscale.quant.sequential import capture_block_inputs, find_decoder_blocks, on_device, run_block
+from kscale.quant.sequential import (
+    capture_block_inputs,
+    find_decoder_blocks,
+    input_device,
+    on_device,
+    run_block,
+    unique_weight_modules,
+)
 from kscale.quant.spec import QuantSpec
 
 log = logging.getLogger(__name__)
@@ -342,23 +349,6 @@ class _InputCollector:
         return [(tuple(self.members[leader]), self.stats[leader]) for leader in self.members]
 
 
-def _calibration_tokens(calibration: CalibrationSet | Tensor | None) -> Tensor:
-    if isinstance(calibration, CalibrationSet):
-        return calibration.tokens
-    if isinstance(calibration, Tensor) and calibration.ndim == 2 and not calibration.is_floating_point():
-        return calibration
-    raise ValueError(
-        "awq needs calibration token windows: pass calibration=kscale.quant.calibration."
-        "calibration_tokens(config, tokenizer) (a CalibrationSet) or a LongTensor [nsamples, seqlen]; "
-        f"got {type(calibration).__name__}"
-    )
-
-
-def _input_device(model: nn.Module) -> torch.device:
-    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    if emb is not None and getattr(emb, "weight", None) is not None:
-        return emb.weight.device
-    return next(model.parameters()).device
 
 
 @torch.no_grad()
@@ -379,17 +369,8 @@ def awq_quantize_model(
     blocks' layers block by block from replayed 16-bit block inputs. ``keep_columns[name]``
     masks input columns kept exactly (proxy quantization).
     """
-    tokens = _calibration_tokens(calibration)
-    modules: dict[str, nn.Module] = {}
-    seen: set[int] = set()
-    for name, module in quantizable_modules(model, module_filter).items():
-        if id(module.weight) not in seen:  # a weight shared by two modules is quantized once
-            seen.add(id(module.weight))
-            modules[name] = module
-    keep = dict(keep_columns or {})
-    unknown = sorted(set(keep) - set(modules))
-    if unknown:
-        raise ValueError(f"keep_columns names modules that are not quantized: {unknown[:5]}")
+    tokens = window_tokens(calibration, "awq")
+    modules, keep = unique_weight_modules(model, module_filter, keep_columns)
     if spec.is_baseline or not modules:
         return []
     device = torch.device(config.device) if config.device is not None else None
@@ -416,7 +397,7 @@ def awq_quantize_model(
         rest = {n: m for n, m in modules.items() if n not in in_stack}
         rest_collector = None
         if rest:  # before any weight changes: these layers also see 16-bit inputs
-            in_device = _input_device(model)
+            in_device = input_device(model)
             with _InputCollector(rest, group=config.group_shared_inputs) as rest_collector:
                 for row in tokens:
                     model(row[None].to(in_device), use_cache=False)
@@ -472,7 +453,7 @@ class AWQ(QuantMethod):
     def quantize(self, model, spec, config, *, module_filter=None, calibration=None,
                  outlier_pairs=(), progress=False) -> BitLedger:
         self.check(spec)
-        tokens = _calibration_tokens(calibration)  # fail before any work
+        tokens = window_tokens(calibration, "awq")  # fail before any work
         keep = keep_columns_for(model, spec, outlier_pairs=outlier_pairs or None, module_filter=module_filter)
         start = time.perf_counter()
         groups = awq_quantize_model(model, spec, tokens, config=config, module_filter=module_filter,

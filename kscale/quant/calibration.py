@@ -22,7 +22,7 @@ from torch import Tensor
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CalibrationConfig", "CalibrationSet", "calibration_tokens", "sample_windows"]
+__all__ = ["CalibrationConfig", "CalibrationSet", "calibration_tokens", "sample_windows", "window_tokens"]
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,20 @@ class CalibrationSet:
                 f"calibration tokens must be an integer tensor [nsamples, seqlen]; got "
                 f"{self.tokens.dtype} {tuple(self.tokens.shape)}"
             )
+
+
+def window_tokens(calibration: CalibrationSet | Tensor | None, method: str) -> Tensor:
+    """The ``[nsamples, seqlen]`` token windows a calibrated method runs on; a clear error (naming
+    ``method``) when the caller gave none."""
+    if isinstance(calibration, CalibrationSet):
+        return calibration.tokens
+    if isinstance(calibration, Tensor) and calibration.ndim == 2 and not calibration.is_floating_point():
+        return calibration
+    raise ValueError(
+        f"{method} needs calibration token windows: pass calibration=kscale.quant.calibration."
+        "calibration_tokens(config, tokenizer) (a CalibrationSet) or a LongTensor [nsamples, seqlen]; "
+        f"got {type(calibration).__name__}"
+    )
 
 
 def sample_windows(ids: Tensor, nsamples: int, seqlen: int, seed: int) -> Tensor:

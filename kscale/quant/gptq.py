@@ -58,22 +58,21 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 
-from kscale.quant.calibration import CalibrationConfig, CalibrationSet
+from kscale.quant.calibration import CalibrationConfig, CalibrationSet, window_tokens
 from kscale.quant.core import block_constants, codebook
 from kscale.quant.filter import ModuleFilter
 from kscale.quant.ledger import BitLedger, ledger_for
 from kscale.quant.methods import CalibratedConfig, QuantMethod, register_method
-from kscale.quant.modules import quantizable_modules, set_weight_matrix, weight_matrix
+from kscale.quant.modules import set_weight_matrix, weight_matrix
 from kscale.quant.outliers import keep_columns_for
-from kscale.quant.sequential import calibrate_blockwise
+from kscale.quant.sequential import calibrate_blockwise, unique_weight_modules
 from kscale.quant.spec import QuantSpec
-from kscale.registry import did_you_mean
 
 log = logging.getLogger(__name__)
 
@@ -485,17 +484,6 @@ class KbitQuantizer:
 # ----------------------------------------------------------------------------- model level
 
 
-def _calibration_tokens(calibration: CalibrationSet | Tensor | None) -> Tensor:
-    if isinstance(calibration, CalibrationSet):
-        return calibration.tokens
-    if isinstance(calibration, Tensor) and calibration.ndim == 2:
-        return calibration
-    raise ValueError(
-        "gptq needs calibration token windows: pass calibration=kscale.quant.calibration."
-        "calibration_tokens(config, tokenizer) (a CalibrationSet) or a LongTensor [nsamples, seqlen]; "
-        f"got {type(calibration).__name__}"
-    )
-
 
 def quantize_layer(
     module: nn.Module,
@@ -543,17 +531,9 @@ def gptq_quantize_model(
     before it, all layers of a block from the same inputs. ``keep_columns[name]`` masks input
     columns kept exactly (proxy quantization).
     """
-    tokens = _calibration_tokens(calibration)
-    modules: dict[str, nn.Module] = {}
-    seen: set[int] = set()
-    for name, module in quantizable_modules(model, module_filter).items():
-        if id(module.weight) not in seen:  # a weight shared by two modules is quantized once
-            seen.add(id(module.weight))
-            modules[name] = module
-    keep_columns = dict(keep_columns or {})
-    unknown = sorted(set(keep_columns) - set(modules))
-    if unknown:
-        raise ValueError(f"keep_columns names modules that are not quantized: {unknown[:5]}")
+    tokens = window_tokens(calibration, "gptq")
+    modules, keep = unique_weight_modules(model, module_filter, keep_columns)
+    keep_columns = keep
     results: dict[str, GPTQResult] = {}
     if spec.is_baseline or not modules:
         return results
@@ -591,7 +571,7 @@ class GPTQ(QuantMethod):
         ledger = ledger_for(model, spec, module_filter=module_filter, keep_columns=keep)
         start = time.perf_counter()
         results = gptq_quantize_model(
-            model, spec, _calibration_tokens(calibration), config=config,
+            model, spec, window_tokens(calibration, "gptq"), config=config,
             module_filter=module_filter, keep_columns=keep,
         )
         log.info(

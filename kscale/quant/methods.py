@@ -54,8 +54,7 @@ class MethodConfig:
         return sorted(f.name for f in fields(cls))
 
     @classmethod
-    def from_options(cls, options: Mapping[str, Any] | None = None):
-        options = dict(options or {})
+    def reject_unknown(cls, options: Mapping[str, Any]) -> None:
         allowed = cls.option_names()
         unknown = sorted(set(options) - set(allowed))
         if unknown:
@@ -63,6 +62,11 @@ class MethodConfig:
                 f"unknown option(s) {', '.join(map(repr, unknown))}."
                 f"{did_you_mean(unknown[0], allowed)} Allowed: {', '.join(allowed) or 'none'}"
             )
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any] | None = None):
+        options = dict(options or {})
+        cls.reject_unknown(options)
         return cls(**options)
 
     def to_row(self) -> dict[str, Any]:
@@ -96,13 +100,7 @@ class CalibratedConfig(MethodConfig):
     def from_options(cls, options: Mapping[str, Any] | None = None, *, seed: int = 0,
                      own_corpus: str | None = None):
         options = dict(options or {})
-        allowed = cls.option_names()
-        unknown = sorted(set(options) - set(allowed))
-        if unknown:
-            raise ValueError(
-                f"unknown option(s) {', '.join(map(repr, unknown))}."
-                f"{did_you_mean(unknown[0], allowed)} Allowed: {', '.join(allowed)}"
-            )
+        cls.reject_unknown(options)
         cal = {k: options.pop(k) for k in cls.CALIBRATION_KEYS if k in options}
         if cal.get("dataset") is None:
             cal.pop("dataset", None)

@@ -102,11 +102,32 @@ def to_device(value: Any, device: torch.device | str | None) -> Any:
     return value
 
 
-def _input_device(model: nn.Module) -> torch.device:
+def input_device(model: nn.Module) -> torch.device:
+    """Where the model's input ids must go (its input embedding's device)."""
     emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     if emb is not None and getattr(emb, "weight", None) is not None:
         return emb.weight.device
     return next(model.parameters()).device
+
+
+def unique_weight_modules(
+    model: nn.Module, module_filter: Any, keep_columns: Mapping[str, Tensor] | None,
+) -> tuple[dict[str, nn.Module], dict[str, Tensor]]:
+    """The selected layers, a weight shared by two modules once, and the validated kept-column
+    masks (proxy quantization): what every calibrated method quantizes."""
+    from kscale.quant.modules import quantizable_modules
+
+    modules: dict[str, nn.Module] = {}
+    seen: set[int] = set()
+    for name, module in quantizable_modules(model, module_filter).items():
+        if id(module.weight) not in seen:  # a weight shared by two modules is quantized once
+            seen.add(id(module.weight))
+            modules[name] = module
+    keep = dict(keep_columns or {})
+    unknown = sorted(set(keep) - set(modules))
+    if unknown:
+        raise ValueError(f"keep_columns names modules that are not quantized: {unknown[:5]}")
+    return modules, keep
 
 
 @torch.no_grad()
@@ -125,7 +146,7 @@ def capture_block_inputs(
         raise _Captured
 
     handle = first_block.register_forward_pre_hook(hook, with_kwargs=True)
-    in_device = _input_device(model)
+    in_device = input_device(model)
     try:
         for row in tokens:
             try:
@@ -273,7 +294,7 @@ def calibrate_blockwise(
         if rest:
             if stack is not None:
                 log.info("%s: %d selected layers outside the decoder blocks, calibrated last", desc, len(rest))
-            in_device = _input_device(model)
+            in_device = input_device(model)
 
             def run_model() -> None:
                 for row in tokens:

@@ -39,6 +39,7 @@ _EXPORTS = {
     "load_model": "kscale.models",
     "EvalSuite": "kscale.evaluate",
     "load_results": "kscale.results",
+    "add_delta": "kscale.results",
     "fit_law": "kscale.fit",
     "LAWS": "kscale.fit",
     "pareto_frontier": "kscale.pareto",

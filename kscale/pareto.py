@@ -6,6 +6,7 @@ answers it from measured rows, without a fitted law:
 
 * :func:`pareto_frontier` — non-dominated rows, per group (e.g. family) or overall;
 * :func:`best_per_budget` — best configuration and runner-up (with the margin) under each budget;
+* :func:`frontier_segments` — the same, one row per *change* of the best configuration;
 * :func:`crossover` — the total bits at which k-bit overtakes another precision, reading each
   precision's curve as the paper draws it: linear interpolation in log total bits.
 """
@@ -145,6 +146,42 @@ def best_per_budget(df: pd.DataFrame, metric: str, budgets: Sequence[float] | No
                 ru = other.iloc[0]
                 row.update(runner_up_config=ru["_config"], runner_up_size=ru.get("size"),
                            runner_up_value=float(ru[metric]), margin=float(ru["_score"] - best["_score"]))
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def frontier_segments(df: pd.DataFrame, metric: str, *, cost: str = "total_bits", by: str | None = None) -> pd.DataFrame:
+    """The best measured configuration as a function of the budget, one row per stretch of budgets.
+
+    :func:`best_per_budget` at every measured cost repeats the same answer for every budget between
+    two changes of the winner (a 126-row study gave 67 rows). Here consecutive budgets with the
+    same winner (configuration *and* size) collapse into one segment ``[budget_from, next segment's
+    budget_from)``. Within a segment the winner is fixed and only more competitors become affordable,
+    so the margin can only shrink: the runner-up and ``margin`` reported are those at the segment's
+    last budget (``budget_to``), the closest any other configuration gets while this one is best.
+
+    Returns:
+        One row per (group, segment): ``budget_from``, ``budget_to``, ``n_budgets``, ``best_config``,
+        ``best_size``, ``best_n_params``, ``best_{cost}``, ``best_value``, ``runner_up_config``,
+        ``runner_up_size``, ``runner_up_value``, ``margin``.
+    """
+    per = best_per_budget(df, metric, cost=cost, by=by)
+    if per.empty:
+        return per
+    keys = [by] if by is not None else []
+    rows = []
+    for _, g in (per.groupby(by, sort=True) if by is not None else [(None, per)]):
+        g = g.sort_values("budget").reset_index(drop=True)
+        who = g["best_config"].astype(str) + "\x1f" + g.get("best_size", pd.Series("", index=g.index)).astype(str)
+        seg_id = (who != who.shift()).cumsum()
+        for _, seg in g.groupby(seg_id, sort=True):
+            first, last = seg.iloc[0], seg.iloc[-1]
+            row = {k: first[k] for k in keys}
+            row |= {"budget_from": float(first["budget"]), "budget_to": float(last["budget"]), "n_budgets": len(seg)}
+            for c in ("best_config", "best_size", "best_n_params", f"best_{cost}", "best_value",
+                      "runner_up_config", "runner_up_size", "runner_up_value", "margin"):
+                if c in seg.columns:
+                    row[c] = (first if c.startswith("best_") else last)[c]
             rows.append(row)
     return pd.DataFrame(rows)
 

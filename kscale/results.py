@@ -17,6 +17,7 @@ Contents:
     row_key(identity)                               the stable hash of a cell's identity
     ResultStore(study_dir, job_name)                append rows; which keys are finished
     load_results(path) -> DataFrame                 de-duplicated by key
+    add_delta(df, metric)                           delta_<metric> = metric − same checkpoint's 16-bit
     export_table(study_dir)                         parquet (and CSV) for notebooks
 """
 from __future__ import annotations
@@ -187,7 +188,8 @@ def iter_rows(path: str | os.PathLike) -> Iterable[dict[str, Any]]:
                 log.warning("skipping unparseable line %d in %s", i + 1, file)
 
 
-def load_results(path: str | os.PathLike, *, all_statuses: bool = True):
+def load_results(path: str | os.PathLike, *, all_statuses: bool = True,
+                 delta: str | Iterable[str] | None = None):
     """Read a study back as a ``pandas.DataFrame``, one row per ``key``.
 
     Args:
@@ -195,11 +197,19 @@ def load_results(path: str | os.PathLike, *, all_statuses: bool = True):
             or an exported ``.parquet``/``.csv`` table.
         all_statuses: keep ``error`` rows too (default). With False only final rows
             (ok/nan/oom) are kept.
+        delta: metric name(s) whose degradation ``delta_<metric>`` to add (:func:`add_delta`).
 
     Returns:
         The newest row per ``key`` (by ``timestamp``), sorted by family, model size, method,
         dtype, bits and blocksize; an empty frame with :data:`ROW_COLUMNS` if there is nothing.
     """
+    df = _load_results(path, all_statuses=all_statuses)
+    for metric in ([delta] if isinstance(delta, str) else list(delta or ())):
+        df = add_delta(df, metric)
+    return df
+
+
+def _load_results(path: str | os.PathLike, *, all_statuses: bool):
     import pandas as pd
 
     path = Path(path)
@@ -259,3 +269,105 @@ def export_table(study_dir: str | os.PathLike, *, csv: bool = True) -> dict[str,
 
 def is_finite_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# --------------------------------------------------------------------------------------------
+# Degradation: a cell's metric minus the same checkpoint's 16-bit metric (issue 11 §2).
+# --------------------------------------------------------------------------------------------
+
+#: Columns that say "the same checkpoint, evaluated the same way". A quantized cell is compared
+#: with the 16-bit row that agrees on all of these that the table has (``revision`` and
+#: ``n_tokens`` tell checkpoints of one size apart along training; a table without them has one
+#: checkpoint per size). Quantization settings and the cell's seed are deliberately not here.
+DELTA_KEYS: tuple[str, ...] = (
+    "family", "size", "checkpoint", "revision", "n_tokens", "model_dtype", "model_options",
+    "eval_name", "eval_config",
+)
+#: ``method`` and ``bits`` of the unquantized baseline row of a checkpoint.
+BASELINE_METHOD = "none"
+BASELINE_BITS = 16
+
+
+class MissingBaselineWarning(UserWarning):
+    """Some cells have no 16-bit row of the same checkpoint: their degradation is NaN."""
+
+
+def _key_frame(df, keys: list[str]):
+    """Group keys as strings, so that None/NaN (an unknown revision) match each other."""
+    return df[keys].astype(object).where(df[keys].notna(), "<null>").astype(str)
+
+
+def add_delta(df, metric: str, *, keys: tuple[str, ...] = DELTA_KEYS):
+    """Add ``delta_<metric>``: each row's ``metric`` minus its checkpoint's 16-bit ``metric``.
+
+    Degradation (Ouyang et al. 2025's QiD, Kumar et al. 2025's δ_PTQ) is what quantization did to
+    *this* checkpoint, so the baseline must be the same family, size, revision / training tokens
+    and evaluation; ``keys`` lists the columns that must agree (those missing from the table are
+    ignored: no ``revision`` column means one revision per size). The baseline row is the one with
+    ``method == "none"`` and ``bits == 16`` (status ok); its own delta is 0.
+
+    A cell without a baseline gets NaN, never 0, and a :class:`MissingBaselineWarning` names how
+    many and which checkpoints. Several baseline rows for one checkpoint (reruns of a different
+    eval batch size...) are averaged, with a log message.
+
+    Args:
+        df: a results table (``load_results``).
+        metric: the metric column, e.g. ``nll_wikitext2``.
+        keys: columns defining "same checkpoint, same eval".
+
+    Returns:
+        A copy of ``df`` with the new column.
+
+    Raises:
+        ValueError: ``metric`` is not a column, or the table has no ``method``/``bits`` columns.
+    """
+    import warnings
+
+    import numpy as np
+
+    if metric not in df.columns:
+        raise ValueError(f"metric column {metric!r} is not in the results table; columns: {sorted(df.columns)}")
+    missing = [c for c in ("method", "bits") if c not in df.columns]
+    if missing:
+        raise ValueError(f"add_delta needs columns 'method' and 'bits' to find 16-bit baselines; missing {missing}")
+    out = df.copy()
+    col = f"delta_{metric}"
+    if out.empty:
+        out[col] = []
+        return out
+    use = [k for k in keys if k in out.columns]
+    kf = _key_frame(out, use) if use else None
+    gid = kf.apply("\x1f".join, axis=1) if use else _all_same(out)
+    values = _numeric(out[metric])
+    is_base = (out["method"].astype(str) == BASELINE_METHOD) & (_numeric(out["bits"]) == BASELINE_BITS)
+    if "status" in out.columns:
+        is_base &= out["status"].astype(str) == "ok"
+    is_base &= np.isfinite(values)
+    base = values[is_base].groupby(gid[is_base]).agg(["mean", "size"])
+    dup = base[base["size"] > 1]
+    if len(dup):
+        log.info("add_delta %s: %d checkpoint(s) have several 16-bit rows; their mean is the baseline", metric, len(dup))
+    ref = gid.map(base["mean"])
+    out[col] = values - ref.astype(float)
+    lost = ref.isna() & np.isfinite(values)
+    if lost.any():
+        names = sorted(set(gid[lost]))
+        shown = ", ".join(n.replace("\x1f", "/") for n in names[:3]) + (" ..." if len(names) > 3 else "")
+        msg = (f"add_delta {metric}: {int(lost.sum())} of {len(out)} rows have no 16-bit baseline "
+               f"(method={BASELINE_METHOD!r}, bits={BASELINE_BITS}, status ok) for the same {'/'.join(use)}: "
+               f"their {col} is NaN. Checkpoints without a baseline: {shown}")
+        log.warning(msg)
+        warnings.warn(msg, MissingBaselineWarning, stacklevel=2)
+    return out
+
+
+def _numeric(series):
+    import pandas as pd
+
+    return pd.to_numeric(series, errors="coerce").astype(float)
+
+
+def _all_same(df):
+    import pandas as pd
+
+    return pd.Series("all", index=df.index)

@@ -57,11 +57,16 @@ class Layout:
     """Maps the law's parameters (shared and per-group) onto a flat internal vector θ.
 
     Positive parameters are stored as logarithms. A per-group parameter listed in
-    ``zero_at_reference`` has no slot for the reference group (it is 0 there).
+    ``zero_at_reference`` has no slot for the reference group (it is 0 there). ``floors`` gives
+    public lower bounds of positive parameters (the known irreducible loss), as (name, value) pairs.
     """
 
     law: Law
     groups: tuple = ()
+    floors: tuple[tuple[str, float], ...] = ()
+
+    def floor(self, param: str) -> float | None:
+        return dict(self.floors).get(param)
 
     @property
     def reference(self):
@@ -99,7 +104,8 @@ class Layout:
         out = []
         for _, p, _ in self.slots:
             if p in self.law.positive:
-                out.append((-700.0, 700.0))  # log-space: keeps exp() finite
+                fl = self.floor(p)
+                out.append((-700.0 if fl is None else math.log(fl), 700.0))  # log-space: keeps exp() finite
             else:
                 out.append(tuple(self.law.bounds.get(p, (None, None))))
         return out
@@ -143,8 +149,48 @@ def _x_tensors(law: Law, df: pd.DataFrame) -> dict[str, torch.Tensor]:
 
 
 def _target(y_values: np.ndarray, y: str) -> np.ndarray:
-    """The positive, lower-is-better quantity a law models: the loss itself, or 1 − accuracy."""
+    """The positive, lower-is-better quantity a law models: the loss itself, or 1 − accuracy;
+    for a degradation ``delta_<metric>``, the degradation (−Δ for accuracy-like metrics)."""
+    if y.startswith("delta_"):
+        return -y_values if higher_is_better(y[len("delta_"):]) else y_values
     return 1.0 - y_values if higher_is_better(y) else y_values
+
+
+def _from_target(t: np.ndarray, y: str) -> np.ndarray:
+    """Inverse of :func:`_target` (its own inverse: both maps are involutions)."""
+    return _target(t, y)
+
+
+def resolve_floor(df: pd.DataFrame, y: str, floor: float | str | None) -> float | None:
+    """The known lower bound of the law's irreducible term in ``y``'s fitted units, or None.
+
+    ``"auto"``: the table's ``entropy_rate`` (the toy language's exact entropy rate, nats/token)
+    for ``nll_*`` metrics and its exponential for ``ppl_*``; nothing for other metrics (bits per
+    byte, accuracy, degradation), whose floor the entropy rate does not give.
+    """
+    if floor is None:
+        return None
+    if isinstance(floor, str):
+        if floor != "auto":
+            raise ValueError(f"floor must be a number, 'auto' or None; got {floor!r}")
+        if "entropy_rate" not in df.columns:
+            return None
+        er = pd.to_numeric(df["entropy_rate"], errors="coerce").dropna().unique()
+        if len(er) == 0:
+            return None
+        if len(er) > 1:
+            log.warning("rows carry %d different entropy rates; the floor is the smallest, %.6g", len(er), er.min())
+        h = float(np.min(er))
+        kind = y.split("_", 1)[0]
+        if kind == "nll":
+            return h
+        if kind == "ppl":
+            return math.exp(h)
+        return None
+    value = float(floor)
+    if not value > 0:
+        raise ValueError(f"floor must be > 0 (the law's irreducible loss is positive); got {floor!r}")
+    return value
 
 
 class Problem:
@@ -295,6 +341,20 @@ class LawFit:
     def law_spec(self) -> Law:
         return self.layout.law
 
+    @property
+    def floors(self) -> dict[str, float]:
+        """Lower bounds imposed on irreducible parameters (e.g. ``{"E": entropy rate}``)."""
+        return dict(self.layout.floors)
+
+    def at_floor(self, rtol: float = 1e-6) -> list[str]:
+        """Fitted parameters sitting on their floor: the data wanted them lower than possible."""
+        out = []
+        for name, p, _ in self.layout.slots:
+            fl = self.layout.floor(p)
+            if fl is not None and self.params[name] <= fl * (1 + rtol):
+                out.append(name)
+        return out
+
     def problem(self, df: pd.DataFrame | None = None) -> Problem:
         return Problem(self.layout, self.data if df is None else df, self.y, delta=self.delta, reduction=self.reduction)
 
@@ -306,7 +366,7 @@ class LawFit:
             th = torch.as_tensor(np.atleast_2d(thetas), dtype=torch.float64)
             p = self.layout.param_tensors(th, gidx)
             out = torch.exp(self.law_spec.log_predict(p, x)).expand(th.shape[0], len(df)).numpy()
-        return 1.0 - out if higher_is_better(self.y) else out
+        return _from_target(out, self.y)
 
     def predict(self, df: pd.DataFrame) -> np.ndarray:
         """Predicted ``y`` for each row of ``df`` (needs the law's columns)."""
@@ -334,6 +394,11 @@ def _grid_starts(layout: Layout, y_target: np.ndarray, grid: Mapping | None) -> 
             vals = (1.0,) if p in law.positive else (0.0,)
         if callable(vals):
             vals = vals(y_target)
+        fl = layout.floor(p)
+        if fl is not None:
+            # start between the floor and the smallest observation instead of below the floor
+            top = float(np.min(y_target))
+            vals = tuple(fl + f * (top - fl) for f in (0.01, 0.5, 0.9)) if top > fl else (fl * (1 + 1e-6),)
         axes.append(tuple(float(v) for v in vals))
     starts = []
     for combo in itertools.product(*axes):
@@ -341,6 +406,9 @@ def _grid_starts(layout: Layout, y_target: np.ndarray, grid: Mapping | None) -> 
         theta = []
         for _, p, _ in layout.slots:
             v = by_param[p]
+            fl = layout.floor(p)
+            if fl is not None:
+                v = max(v, fl)
             lo, hi = law.bounds.get(p, (None, None)) if p not in law.positive else (None, None)
             if lo is not None:
                 v = max(v, lo)
@@ -364,6 +432,7 @@ def fit_law(
     options: Mapping | None = None,
     init: Mapping[str, float] | None = None,
     warn: bool = True,
+    floor: float | str | None = "auto",
 ) -> LawFit:
     """Fit ``law`` to the rows of ``df`` (Chinchilla Approach 3 with a summed Huber loss).
 
@@ -379,6 +448,10 @@ def fit_law(
         options: L-BFGS-B options (defaults: ``DEFAULT_OPTIONS``).
         init: a single explicit start (public units; overrides the grid), e.g. for warm starts.
         warn: warn about masked rows.
+        floor: lower bound of the law's irreducible parameters (``Law.irreducible``, e.g. E) in
+            ``y``'s units: a number, None, or ``"auto"`` (default) = the table's ``entropy_rate``
+            when it has one (:func:`resolve_floor`). A loss law fitted without it can put E far
+            below a loss no model can beat and extrapolate below it.
 
     Returns:
         LawFit with unrounded parameters and the optimiser's diagnostics.
@@ -396,13 +469,14 @@ def fit_law(
     if spec.group and spec.group not in clean.columns:
         raise ValueError(f"law {spec.name!r} groups by column {spec.group!r}, which is not in the table")
     groups = tuple(sorted(float(g) for g in clean[spec.group].unique())) if spec.per_group else ()
-    layout = Layout(spec, groups)
+    fl = resolve_floor(df, y, floor) if spec.irreducible else None
+    layout = Layout(spec, groups, floors=tuple((p, fl) for p in spec.irreducible) if fl is not None else ())
 
     # A law with only per-group parameters is separable: fit each group on its own (each gets the
     # full grid of starts), then merge. Joint fitting would share one start across all groups.
     if spec.per_group and not spec.shared and len(groups) > 1:
         return _fit_separable(clean, report, spec, layout, y=y, delta=delta, reduction=reduction, grid=grid,
-                              n_starts=n_starts, options=options, init=init)
+                              n_starts=n_starts, options=options, init=init, floor=fl)
 
     n_par = len(layout.slots)
     if len(clean) < n_par:
@@ -413,7 +487,8 @@ def fit_law(
         )
     problem = Problem(layout, clean, y, delta=delta, reduction=reduction)
     if init is not None:
-        starts = np.array([[layout.to_internal(init[name] if name in init else init[p], p) for name, p, _ in layout.slots]])
+        starts = np.array([[layout.to_internal(_above_floor(layout, p, init[name] if name in init else init[p]), p)
+                            for name, p, _ in layout.slots]])
     else:
         _, starts = _grid_starts(layout, _target(clean[y].to_numpy(dtype=float), y), grid)
         if n_starts is not None and len(starts) > n_starts:
@@ -441,6 +516,11 @@ def fit_law(
     if not fit.converged:
         log.warning("law=%s did not converge: %s", spec.name, fit.status)
     return fit
+
+
+def _above_floor(layout: Layout, param: str, value: float) -> float:
+    fl = layout.floor(param)
+    return value if fl is None else max(float(value), fl * (1 + 1e-9))
 
 
 def _fit_separable(clean, report, spec, layout, **kw) -> LawFit:

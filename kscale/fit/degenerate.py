@@ -127,6 +127,30 @@ def clean_points(
 
     out_vals = vals.copy()
     kind = metric_kind(y)
+    if kind == "delta":
+        # A degradation law is fitted in log space, so it sees only cells that degraded; the 16-bit
+        # baselines (Δ = 0) and cells within noise of their baseline (Δ <= 0) carry no log value.
+        base = y[len("delta_"):]
+        sign = -1.0 if metric_kind(base) in ("acc", "top1") else 1.0
+        if "bits" in df.columns:  # the baselines themselves: Δ = 0 by definition, dropped silently
+            keep &= ~(pd.to_numeric(df["bits"], errors="coerce").to_numpy(dtype=float) >= 16)
+        with np.errstate(invalid="ignore"):
+            flat = ~(sign * vals > 0) & keep
+        if flat.any():
+            reasons[f"cells with no degradation ({y} {'>=' if sign < 0 else '<='} 0, within noise of the "
+                    "16-bit baseline)"] = int(flat.sum())
+        keep &= ~flat
+        if metric_kind(base) in ("nll", "ppl", "bpb") and base in df.columns and degenerate == "mask":
+            # Masked: cells that quantization collapsed (ppl above the cut-off while their own 16-bit
+            # checkpoint is below it). An early checkpoint that is near-random at 16 bit already
+            # (ppl > cut-off) is not collapsed by quantization; its small degradation is kept.
+            bv = pd.to_numeric(df[base], errors="coerce").to_numpy(dtype=float)
+            with np.errstate(invalid="ignore", over="ignore"):
+                q_ppl = _perplexity(df, base, bv)
+                b_ppl = {"nll": np.exp(bv - vals), "ppl": bv - vals}.get(metric_kind(base), np.full_like(bv, np.nan))
+                collapsed = (q_ppl > max_ppl) & ~(b_ppl > max_ppl) & keep
+            reasons[f"models collapsed by quantization (ppl > {max_ppl:g}, k-bit paper's cut-off) masked"] = int(collapsed.sum())
+            keep &= ~collapsed
     if kind in ("nll", "ppl", "bpb") and degenerate != "keep":
         ppl = _perplexity(df, y, vals)
         with np.errstate(invalid="ignore"):
@@ -159,7 +183,7 @@ def clean_points(
     report = CleanReport(n_in=n_in, n_out=len(out), reasons={k: v for k, v in reasons.items() if v}, mode=degenerate)
     if report.reasons:
         msg = f"{y}: {report.n_dropped} of {n_in} rows excluded, {report.message()}"
-        log.warning(msg)
+        (log.warning if warn else log.info)(msg)  # warn=False: the caller reports it (or already did)
         if warn:
             warnings.warn(msg, DegeneratePointsWarning, stacklevel=2)
     return out, report

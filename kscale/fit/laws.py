@@ -11,6 +11,17 @@ others, and a grid of starting values. Built-ins:
 * ``neff``       L = A · N_eff^(−α) + E, N_eff = N · (1 − exp(−k/γ)) (Kumar et al. 2024, Eq. 3-4).
 * ``chinchilla`` L = E + A/N^α + B/D^β on ``n_params``, ``n_tokens`` (Hoffmann et al. 2022, App. D.2).
 
+Degradation laws (``kind="degradation"``) model ``delta_<metric>`` (``kscale.results.add_delta``:
+the quantized loss minus the same checkpoint's 16-bit loss), not the loss itself:
+
+* ``qid``        ΔL = k · D^β / (N^α · P^γ) (Ouyang et al. 2025, "Low-Bit Quantization Favors
+                 Undertrained LLMs"); P = ``bits``, D = ``n_tokens``, N = ``n_params``.
+* ``ptq``        δ = C_T · e^(−P/γ_post) · D^γ_D / N^γ_N (Kumar et al. 2025, "Scaling Laws for
+                 Precision", Eq. 2, the post-training term).
+
+Both give β, γ_D > 0 when more training makes a checkpoint more fragile to quantization; the sign
+is left free (bounded, not constrained) so the data can say otherwise.
+
 A user law registers the same way::
 
     LAWS.register("mylaw", Law(name="mylaw", formula="L = E + A·N^(−α)", params=("E", "A", "alpha"),
@@ -31,6 +42,7 @@ import torch
 
 from kscale.registry import Registry
 
+LAW_KINDS = ("loss", "degradation")
 LogPredict = Callable[[Mapping[str, torch.Tensor], Mapping[str, torch.Tensor]], torch.Tensor]
 
 
@@ -54,6 +66,10 @@ class Law:
         per_group: parameters with one value per group.
         zero_at_reference: per-group parameters fixed at 0 for the reference group (the largest
             group value, e.g. the 16-bit baseline), which makes offsets identifiable.
+        irreducible: parameters that are the loss at infinite scale (``E``; per-group ``E_k``).
+            When the true floor is known (the toy language's entropy rate) the fit bounds them
+            below by it, because no model can beat it (:func:`kscale.fit.fit_law`, ``floor``).
+        kind: ``"loss"`` (fits a metric) or ``"degradation"`` (fits ``delta_<metric>``).
     """
 
     name: str
@@ -67,6 +83,8 @@ class Law:
     group: str | None = None
     per_group: tuple[str, ...] = ()
     zero_at_reference: tuple[str, ...] = ()
+    irreducible: tuple[str, ...] = ()
+    kind: str = "loss"
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -86,6 +104,10 @@ class Law:
             )
         if set(self.zero_at_reference) & set(self.positive):
             raise ValueError(f"law {self.name!r}: a positive parameter cannot be fixed at 0")
+        if not set(self.irreducible) <= set(self.positive):
+            raise ValueError(f"law {self.name!r}: irreducible parameters must be positive; got {self.irreducible}")
+        if self.kind not in LAW_KINDS:
+            raise ValueError(f"law {self.name!r}: kind must be one of {LAW_KINDS}; got {self.kind!r}")
 
     @property
     def shared(self) -> tuple[str, ...]:
@@ -163,6 +185,7 @@ _EXPONENT_GRID = (0.1, 0.3, 0.5, 1.0)
 
 register_law(Law(
     name="power",
+    irreducible=("E",),
     formula="L = E_k + A_k · T^(−α_k), T = total model bits, one curve per precision k",
     params=("E", "A", "alpha"),
     columns=("total_bits",),
@@ -178,6 +201,7 @@ register_law(Law(
 
 register_law(Law(
     name="offset",
+    irreducible=("E",),
     formula="L = E + A · T^(−α) · exp(c_k), c = 0 for the highest precision present",
     params=("E", "A", "alpha", "c"),
     columns=("total_bits",),
@@ -197,6 +221,7 @@ register_law(Law(
 
 register_law(Law(
     name="neff",
+    irreducible=("E",),
     formula="L = A · N_eff^(−α) + E, N_eff = N · (1 − exp(−k/γ))",
     params=("E", "A", "alpha", "gamma"),
     columns=("n_params", "bits"),
@@ -211,6 +236,7 @@ register_law(Law(
 
 register_law(Law(
     name="chinchilla",
+    irreducible=("E",),
     formula="L = E + A / N^α + B / D^β (N = n_params, D = n_tokens)",
     params=("E", "A", "B", "alpha", "beta"),
     columns=("n_params", "n_tokens"),
@@ -228,4 +254,53 @@ register_law(Law(
     bounds={"alpha": _EXPONENT_BOUNDS, "beta": _EXPONENT_BOUNDS},
     description="Chinchilla's parametric loss (Hoffmann et al. 2022, Approach 3); kept so the fitter "
     "can be checked against Besiroglu et al.'s (2024) replication on the digitized runs.",
+))
+
+
+def _qid(p, x):
+    # log(k · D^β / (N^α · P^γ)) — linear in the logs of N, D and P
+    return (torch.log(p["k"]) + p["beta"] * torch.log(x["n_tokens"]) - p["alpha"] * torch.log(x["n_params"])
+            - p["gamma"] * torch.log(x["bits"]))
+
+
+def _ptq(p, x):
+    # log(C_T · e^(−P/γ_post) · D^γ_D / N^γ_N)
+    return (torch.log(p["C_T"]) - x["bits"] / p["gamma_post"] + p["gamma_D"] * torch.log(x["n_tokens"])
+            - p["gamma_N"] * torch.log(x["n_params"]))
+
+
+#: Exponents of the degradation laws may take either sign (the data decides whether degradation
+#: grows with D); the bounds only keep the optimiser away from overflow.
+_SIGNED_BOUNDS = (-10.0, 10.0)
+
+register_law(Law(
+    name="qid",
+    formula="ΔL = k · D^β / (N^α · P^γ) (D = n_tokens, N = n_params, P = bits)",
+    params=("k", "alpha", "beta", "gamma"),
+    columns=("n_params", "n_tokens", "bits"),
+    log_predict=_qid,
+    positive=("k",),
+    grid={"k": tuple(math.exp(v) for v in (-10.0, -5.0, 0.0, 5.0)), "alpha": (0.0, 0.3, 1.0),
+          "beta": (0.0, 0.5, 1.0), "gamma": (1.0, 3.0, 6.0)},
+    bounds={"alpha": _SIGNED_BOUNDS, "beta": _SIGNED_BOUNDS, "gamma": (-20.0, 20.0)},
+    kind="degradation",
+    description="Ouyang et al. 2025 ('Low-Bit Quantization Favors Undertrained LLMs'): quantization-"
+    "induced degradation of Pythia checkpoints grows with training tokens (β > 0) and shrinks with "
+    "size and bit width; summaries quote α ≈ 0.23, β ≈ 0.53, γ ≈ 5.5 (REFERENCES §3.2, unverified).",
+))
+
+register_law(Law(
+    name="ptq",
+    formula="δ = C_T · e^(−P/γ_post) · D^γ_D / N^γ_N (D = n_tokens, N = n_params, P = bits)",
+    params=("C_T", "gamma_D", "gamma_N", "gamma_post"),
+    columns=("n_params", "n_tokens", "bits"),
+    log_predict=_ptq,
+    positive=("C_T", "gamma_post"),
+    grid={"C_T": tuple(math.exp(v) for v in (-10.0, -5.0, 0.0, 5.0)), "gamma_D": (0.0, 0.5, 1.0),
+          "gamma_N": (0.0, 0.5, 1.0), "gamma_post": (0.5, 1.0, 2.0, 4.0)},
+    bounds={"gamma_D": _SIGNED_BOUNDS, "gamma_N": _SIGNED_BOUNDS},
+    kind="degradation",
+    description="Kumar et al. 2025 ('Scaling Laws for Precision', Eq. 2): post-training quantization "
+    "degradation, exponential in the post-training precision; they fit C_T = 0.0598, γ_D = 0.5068, "
+    "γ_N = 0.3439, γ_post = 0.5907 (App. K), so beyond a critical D/N more pretraining hurts.",
 ))

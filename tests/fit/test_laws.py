@@ -135,3 +135,55 @@ def test_chinchilla_matches_besiroglu(data_dir):
     assert p["B"] == pytest.approx(2085.43, rel=0.05)
     # and nowhere near the original paper's (rounded) E = 1.69, β = 0.28
     assert abs(p["beta"] - 0.28) > 0.05
+
+
+@pytest.mark.slow
+def test_known_entropy_rate_bounds_the_irreducible_loss(offset_study):
+    """A floor above the truth binds (E sits on it, resamples too); one below it changes nothing."""
+    from kscale.fit import bootstrap_law
+
+    free = fit_law(offset_study, "offset", y="nll_toy", n_starts=1)
+    assert free.floors == {} and free.params["E"] == pytest.approx(1.5, abs=0.03)
+    high = fit_law(offset_study.assign(entropy_rate=1.6), "offset", y="nll_toy", n_starts=1)
+    assert high.floors == {"E": 1.6}
+    assert high.params["E"] == pytest.approx(1.6, rel=1e-9) and high.at_floor() == ["E"]
+    boot = bootstrap_law(high, n_resamples=50, seed=0)
+    assert boot.frame()["E"].min() >= 1.6 * (1 - 1e-12)
+    far = offset_study.iloc[:6].assign(total_bits=1e30)
+    assert (boot.predict(far) >= 1.6 * (1 - 1e-12)).all()  # no curve extrapolates below the floor
+    low = fit_law(offset_study.assign(entropy_rate=1.2), "offset", y="nll_toy", n_starts=1)
+    assert low.params["E"] == pytest.approx(free.params["E"], rel=1e-4) and low.at_floor() == []
+    # explicit floor=None ignores the column; perplexity gets exp(H); accuracy gets none
+    assert fit_law(offset_study.assign(entropy_rate=1.6), "offset", y="nll_toy", floor=None).floors == {}
+    ppl = fit_law(offset_study.assign(entropy_rate=1.6), "offset", y="ppl_toy", n_starts=1)
+    assert ppl.floors == {"E": pytest.approx(math.exp(1.6))} and ppl.params["E"] >= math.exp(1.6) * (1 - 1e-12)
+
+
+def test_floor_binds_every_per_precision_E(synth):
+    truth = {}
+    for k in (3, 4, 5, 6, 8, 16):
+        truth |= {f"E_{k}": 1.2 + 0.02 * k, f"A_{k}": 50.0 + 5 * k, f"alpha_{k}": 0.25 + 0.005 * k}
+    df = synth("power", truth=truth, noise=0.001).assign(entropy_rate=1.4)
+    fit = fit_law(df, "power", y="nll_toy", n_starts=2)
+    for k in (3, 4, 5, 6, 8, 16):
+        assert fit.params[f"E_{k}"] >= 1.4 * (1 - 1e-12)
+        if truth[f"E_{k}"] > 1.45:  # well above the floor: recovered as before
+            assert fit.params[f"E_{k}"] == pytest.approx(truth[f"E_{k}"], rel=0.05)
+
+
+@pytest.mark.slow
+def test_committed_toy_study_fit_respects_entropy_rate():
+    """Issue 11 §3: the offset fit put E at 0.48 against the known 0.948, interval down to 1e-304."""
+    from pathlib import Path
+
+    from kscale.fit import bootstrap_law
+    from kscale.results import load_results
+
+    study = Path(__file__).resolve().parents[2] / "results" / "toy-study"
+    df = load_results(study)
+    H = float(df["entropy_rate"].iloc[0])
+    fit = fit_law(df, "offset", y="nll_toy", warn=False)
+    lo, hi = bootstrap_law(fit, n_resamples=100, seed=0).intervals()["E"]
+    assert fit.params["E"] >= H * (1 - 1e-12) and lo >= H * (1 - 1e-12)
+    big = df.iloc[:3].assign(total_bits=1e15)
+    assert (fit.predict(big) >= H * (1 - 1e-12)).all()

@@ -79,3 +79,25 @@ def test_crossover_interpolated_in_log_bits():
     assert c.status == "crosses" and c.total_bits == pytest.approx(1e3)
     assert crossover(df.assign(nll_x=[2.0, 1.0, 3.0, 2.0]), "nll_x", 4, 8).status == "always"
     assert crossover(df.assign(nll_x=[3.0, 3.0, 2.0, 2.0]), "nll_x", 4, 8).status == "never"
+
+
+def test_frontier_segments_one_row_per_change_of_winner():
+    from kscale.pareto import frontier_segments
+
+    # costs 1..6; winner: a (1-2), then b (3-5: c joins at 4 and d at 5, closing in), then e (6)
+    df = pd.DataFrame({
+        "size": ["s", "s", "m", "m", "m", "l"], "n_params": [1, 1, 2, 2, 2, 4], "bits": [3, 4, 3, 4, 8, 3],
+        "dtype": "int", "blocksize": 64, "total_bits": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+        "nll_x": [3.0, 3.1, 2.5, 2.7, 2.55, 2.0], "status": "ok"})
+    seg = frontier_segments(df, "nll_x")
+    assert list(seg["budget_from"]) == [1.0, 3.0, 6.0] and list(seg["budget_to"]) == [2.0, 5.0, 6.0]
+    assert list(seg["n_budgets"]) == [2, 3, 1]
+    assert list(seg["best_value"]) == [3.0, 2.5, 2.0]
+    assert seg.loc[0, "best_config"].startswith("int 3-bit") and seg.loc[0, "runner_up_value"] == 3.1
+    # the margin is the smallest over the stretch: at budget 5 the 8-bit m (2.55) is 0.05 behind
+    assert seg.loc[1, "margin"] == pytest.approx(0.05) and seg.loc[1, "runner_up_value"] == 2.55
+    per = best_per_budget(df, "nll_x")
+    for _, s in seg.iterrows():  # every budget in a segment has that winner
+        inside = per[(per["budget"] >= s["budget_from"]) & (per["budget"] <= s["budget_to"])]
+        assert (inside["best_value"] == s["best_value"]).all() and len(inside) == s["n_budgets"]
+        assert inside["margin"].min() == pytest.approx(s["margin"])

@@ -5,7 +5,13 @@ See docs/ARCHITECTURE.md (``kscale.quant``) for the contract. GPTQ and proxy qua
 """
 from __future__ import annotations
 
-from kscale.quant._fast import compiled_kernel_available, get_kernel, set_kernel
+from kscale.quant._fast import (
+    compile_stats,
+    compiled_kernel_available,
+    get_kernel,
+    set_kernel,
+    take_compile_seconds,
+)
 from kscale.quant.core import (
     BlockLayout,
     QuantizedTensor,
@@ -13,6 +19,7 @@ from kscale.quant.core import (
     block_layout,
     codebook,
     fake_quantize,
+    fake_quantize_,
     nearest_code,
     normalize_blocks,
     quantize,
@@ -23,7 +30,7 @@ from kscale.quant.dtypes import DTYPES, DataType
 from kscale.quant.filter import ModuleFilter
 from kscale.quant.ledger import BitLedger, LedgerRow, ledger_for, tensor_row
 from kscale.quant.methods import METHODS, apply_method
-from kscale.quant.model import WeightSnapshot, quantize_matrix, quantize_model
+from kscale.quant.model import WeightSnapshot, quantize_matrix, quantize_matrix_, quantize_model
 from kscale.quant.modules import quantizable_modules, set_weight_matrix, weight_matrix
 from kscale.quant.spec import QuantSpec
 
@@ -36,6 +43,7 @@ __all__ = [
     "ledger_for",
     "quantizable_modules",
     "quantize_matrix",
+    "quantize_matrix_",
     "quantize_model",
     "set_weight_matrix",
     "tensor_row",
@@ -49,20 +57,24 @@ __all__ = [
     "block_constants",
     "block_layout",
     "codebook",
+    "compile_stats",
     "compiled_kernel_available",
     "fake_quantize",
+    "fake_quantize_",
     "get_kernel",
     "nearest_code",
     "normalize_blocks",
     "quantize",
     "set_kernel",
     "store_constant",
+    "take_compile_seconds",
     "to_blocks",
 ]
 
 # Methods and helpers built on the core. Importing gptq registers METHODS["gptq"]
 # (registries fill only when their module is imported).
 from kscale.quant import gptq as _gptq  # noqa: E402,F401
+from kscale.quant import awq as _awq  # noqa: E402,F401
 from kscale.quant.calibration import CalibrationConfig, calibration_tokens  # noqa: E402
 from kscale.quant.gptq import GPTQConfig  # noqa: E402
 from kscale.quant.outliers import keep_columns_for, outlier_keep_columns  # noqa: E402

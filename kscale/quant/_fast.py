@@ -1,27 +1,33 @@
-"""Kernels behind :func:`kscale.quant.fake_quantize`: an eager reference and fused fast paths.
+"""Kernels behind :func:`kscale.quant.fake_quantize_`: an eager reference and fused fast paths.
 
 Why a fast path: a sweep fake-quantizes every weight matrix of a model dozens of times, and
 plain torch ops (absmax, divide, ``bucketize``, gather, multiply) make 6+ passes over memory;
 ``bucketize`` alone is ~65x a ``clone`` on CPU. ``torch.compile`` (inductor emits one fused,
-vectorised C++ loop on CPU) does it in about two passes. Both paths compute *bit-identical*
-results (tested), because the fused ones evaluate the same float32 expressions:
+vectorised C++ loop on CPU) reads each block once and writes the result back into the same
+storage (no full-size output: fresh memory costs page faults, ~5x an ``out.copy_``). Both paths
+compute *bit-identical* results (tested), because the fused ones evaluate the same float32
+expressions:
 
-- ``select`` (codebooks of at most ``_SELECT_MAX_CODES`` entries): a chain of
+- ``int``: the index is estimated arithmetically as round(x * L), then corrected by comparing x
+  with the two neighbouring midpoints, computed exactly as the reference computes them, so no
+  value can land on a different code than the reference's.
+- ``select`` (other codebooks of at most ``_SELECT_MAX_CODES`` entries): a chain of
   ``where(x > mid_j, code_{j+1}, ...)`` over the sorted midpoints -- the same "count of midpoints
   strictly below x" rule as ``bucketize``, without a gather.
-- ``int`` (larger k): the index is estimated arithmetically as round(x * L), then corrected by
-  comparing x with the two neighbouring midpoints, computed exactly as the reference computes
-  them, so no value can land on a different code than the reference's.
+- ``lut`` / ``lut1`` (larger code books: 8-bit float/nf/dynamic/quantile): a table on the top 16
+  bits of the float's order-preserving bit pattern, plus exact corrections.
 
-Other codebooks (8-bit float/nf/dynamic/quantile) use the eager path. The fused paths run on
-CPU only (CUDA eager is already fast); if compilation fails (no C++ compiler, unsupported
-platform) kscale logs one warning and stays on the eager path for the rest of the process.
+The fused paths run on CPU only (CUDA eager is already fast); if compilation fails (no C++
+compiler, unsupported platform) kscale logs one warning and stays on the eager path for the rest
+of the process. The time spent compiling is recorded (:func:`compile_stats`).
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
+import time
 
 import torch
 
@@ -99,8 +105,10 @@ def _order_key_bucket(x: torch.Tensor) -> torch.Tensor:
     return ((key >> 16) & 0xFFFF).long()
 
 
+@functools.lru_cache(maxsize=1)
 def _bucket_bounds() -> tuple[torch.Tensor, torch.Tensor]:
-    """Smallest and largest float32 of every bucket (NaN patterns come out as NaN)."""
+    """Smallest and largest float32 of every bucket (NaN patterns come out as NaN). Cached: the
+    same for every code book, and a data-dependent (quantile) code book builds a table per tensor."""
     b = torch.arange(65536, dtype=torch.int64)
     out = []
     for low_bits in (0, 0xFFFF):
@@ -174,58 +182,131 @@ def _eager(xb, code, centered, scale_bits, out_dtype):
     return _dequant(code.float()[idx], scale, offset, out_dtype)
 
 
-def _select_body(xb, mids, code, centered: bool, scale_bits: int, out_dtype, n_mids: int):
+def _select_body(xb, mids, code, centered: bool, scale_bits: int, n_mids: int):
     x = xb.float()
     scale, offset = constants(x, centered, scale_bits)
     xn = normalize(x, scale, offset)
     val = torch.where(xn > mids[0], code[1], code[0])
     for j in range(1, n_mids):
         val = torch.where(xn > mids[j], code[j + 1], val)
-    return _dequant(val, scale, offset, out_dtype)
+    return _dequant(val, scale, offset, xb.dtype)
 
 
-def _int_value(q: torch.Tensor, top: int) -> torch.Tensor:
-    # exactly how dtypes.int_codebook builds code q + top: float64 division, cast to float32
+def _int_value(q: torch.Tensor, top: int, single: bool) -> torch.Tensor:
+    # dtypes.int_codebook builds code q + top by a float64 division cast to float32; where the
+    # float32 division gives the same value for every level (checked: _single_division_exact),
+    # the fused kernel divides in float32, ~2x faster than converting to float64 and back
+    if single:
+        return q / top
     return (q.double() / top).float()
 
 
-def _int_body(xb, centered: bool, scale_bits: int, out_dtype, top: int):
+_SINGLE_EXACT: dict[int, bool] = {}
+
+
+def _single_division_exact(top: int) -> bool:
+    """Whether q / top in float32 equals float32(q / top in float64) for every level q the
+    int kernel evaluates (-top-1 .. top+1): no double-rounding difference for this ``top``."""
+    if top not in _SINGLE_EXACT:
+        q = torch.arange(-top - 1, top + 2, dtype=torch.float32)
+        _SINGLE_EXACT[top] = bool(torch.equal(q / top, (q.double() / top).float()))
+    return _SINGLE_EXACT[top]
+
+
+def _int_body(xb, centered: bool, scale_bits: int, top: int, single: bool):
     x = xb.float()
     scale, offset = constants(x, centered, scale_bits)
     xn = normalize(x, scale, offset)
     q = torch.round(xn * top).clamp(-top, top)  # estimate, off by at most one level
-    c = _int_value(q, top)
-    upper = (c + _int_value(q + 1, top)) / 2  # the reference's midpoints, bit for bit
-    lower = (_int_value(q - 1, top) + c) / 2
+    c = _int_value(q, top, single)
+    upper = (c + _int_value(q + 1, top, single)) / 2  # the reference's midpoints, bit for bit
+    lower = (_int_value(q - 1, top, single) + c) / 2
     q = torch.where((q < top) & (xn > upper), q + 1, q)
     q = torch.where((q > -top) & (xn <= lower), q - 1, q)
-    return _dequant(_int_value(q, top), scale, offset, out_dtype)
+    return _dequant(_int_value(q, top, single), scale, offset, xb.dtype)
 
 
-def _lut_body(xb, table, padded, code, centered: bool, scale_bits: int, out_dtype, steps: int):
+def _lut_body(xb, table, padded, code, centered: bool, scale_bits: int, steps: int):
     x = xb.float()
     scale, offset = constants(x, centered, scale_bits)
     xn = normalize(x, scale, offset)
     idx = _table_search(xn, table, padded, steps)
-    return _dequant(code[idx], scale, offset, out_dtype)
+    return _dequant(code[idx], scale, offset, xb.dtype)
+
+
+def _lut1_body(xb, thr, lo, hi, centered: bool, scale_bits: int):
+    """The table search when no bucket holds more than one midpoint (every 8-bit code book
+    here): per bucket, its one midpoint ``thr`` (or +inf) and the codes below and above it, so
+    three lookups with one index replace lookup, correction and a dependent code lookup."""
+    x = xb.float()
+    scale, offset = constants(x, centered, scale_bits)
+    xn = normalize(x, scale, offset)
+    b = _order_key_bucket(xn)
+    return _dequant(torch.where(thr[b] < xn, hi[b], lo[b]), scale, offset, xb.dtype)
+
+
+_LUT1_CACHE: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+
+def _lut1_for(code: torch.Tensor, mids: torch.Tensor):
+    """(thr, lo, hi) per bucket, from the ``steps == 1`` table: idx = table[b] + (thr < x),
+    value = code[idx], i.e. where(thr < x, code[table[b] + 1], code[table[b]])."""
+    key = (str(code.device), tuple(code.tolist()))
+    hit = _LUT1_CACHE.get(key)
+    if hit is None:
+        table, padded, _ = _lut_for(mids)
+        top = code.numel() - 1
+        hit = (padded[table].contiguous(), code[table].contiguous(),
+               code[(table + 1).clamp(max=top)].contiguous())
+        if len(_LUT1_CACHE) > 64:
+            _LUT1_CACHE.clear()
+        _LUT1_CACHE[key] = hit
+    return hit
 
 
 def _strategy(code: torch.Tensor, dtype_name: str) -> str | None:
-    if code.numel() <= _SELECT_MAX_CODES:  # fastest: no gather, no float64
-        return "select"
-    if dtype_name == "int":
+    if dtype_name == "int":  # arithmetic: no comparison chain, no lookup
         return "int"
-    return "lut"  # any other large code book: bit-pattern table + a few exact corrections
+    if code.numel() <= _SELECT_MAX_CODES:  # no gather
+        return "select"
+    return "lut"  # any other large code book: bit-pattern table + exact corrections
+
+
+_BODIES = {"select": _select_body, "int": _int_body, "lut": _lut_body, "lut1": _lut1_body}
+
+
+def _in_place(body):
+    """``body`` writing its result back into its first argument: one fused loop that reads each
+    block and overwrites it, so no full-size output is allocated (fresh memory pays page faults:
+    a ``clone`` costs ~5x an ``out.copy_`` into warm memory)."""
+
+    def run(xb, *args):
+        xb.copy_(body(xb, *args))
+
+    run.__name__ = f"{body.__name__}_in_place"
+    return run
 
 
 @contextlib.contextmanager
 def _compile_config():
     """Keep fp16 rounding of the constants inside the fused kernel (inductor would otherwise
-    elide the float32 -> fp16 -> float32 round trip) and allow one graph per setting."""
+    elide the float32 -> fp16 -> float32 round trip), allow one graph per setting, one graph
+    for every shape (no duck sizing), and keep the whole per-value expression in one loop: left
+    at its defaults, inductor cuts long ``where`` chains into intermediate buffers, which its
+    CPU outer-loop fusion cannot handle when the result is written back into the input
+    (``KeyError: 'buf1'`` in torch 2.13)."""
     import torch._dynamo.config as dcfg
     import torch._inductor.config as icfg
 
-    patches = [icfg.patch(emulate_precision_casts=True)]
+    patches = [icfg.patch(emulate_precision_casts=True, realize_opcount_threshold=100_000,
+                          realize_acc_reads_threshold=100_000, realize_reads_threshold=100_000)]
+    try:  # no "duck sizing": a [64, 64] first call must not tie n_blocks to the block size
+        import torch.fx.experimental._config as fxcfg
+
+        if hasattr(fxcfg, "use_duck_shape"):
+            patches.append(fxcfg.patch(use_duck_shape=False))
+    except ImportError:  # pragma: no cover - older torch
+        pass
     for name in ("recompile_limit", "cache_size_limit"):
         if hasattr(dcfg, name):
             patches.append(dcfg.patch(**{name: 64}))
@@ -238,44 +319,120 @@ def _compile_config():
 
 def _get_compiled(name: str):
     if name not in _compiled:
-        body = {"select": _select_body, "int": _int_body, "lut": _lut_body}[name]
-        _compiled[name] = torch.compile(body, dynamic=True, fullgraph=True)
+        _compiled[name] = torch.compile(_in_place(_BODIES[name]), dynamic=True, fullgraph=True)
     return _compiled[name]
 
 
-def _run_compiled(strategy, xb, code, spec, out_dtype):
-    fn = _get_compiled(strategy)
+# ----------------------------------------------------------------------------- compile time
+_COMPILE = {"seconds": 0.0, "compiles": 0, "taken": 0.0}
+
+
+def _graphs_compiled() -> int:
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+def compile_stats() -> dict[str, float]:
+    """Process-wide time spent in calls of the fused kernels that compiled a graph.
+
+    A sweep's first cell of each kind pays seconds of ``torch.compile`` (tracing, C++ codegen,
+    the compiler; a one-time import of inductor on the very first), every later cell of the same
+    kind none: rows record it separately so a study's time plan can be calibrated from them.
+
+    Returns:
+        ``{"compile_s": seconds in compiling calls (the whole call, including its own run,
+        which is negligible next to the compilation), "compiles": number of such calls}``.
+    """
+    return {"compile_s": float(_COMPILE["seconds"]), "compiles": int(_COMPILE["compiles"])}
+
+
+def take_compile_seconds() -> float:
+    """Seconds spent compiling fused kernels since the previous call (the first call: since the
+    process started). Call it after each cell's quantization to attribute the cost to that cell."""
+    total = float(_COMPILE["seconds"])
+    since = total - float(_COMPILE["taken"])
+    _COMPILE["taken"] = total
+    return since
+
+
+def _compiled_call(strategy: str, code: torch.Tensor, spec) -> tuple[str, tuple]:
+    """Which fused graph runs, and its arguments after the blocks."""
+    if strategy == "int":
+        top = 2 ** (spec.bits - 1) - 1
+        return "int", (spec.centered, spec.scale_bits, top, _single_division_exact(top))
+    code32 = code.float().contiguous()
+    mids = midpoints(code32).contiguous()
+    if strategy == "lut":
+        table, padded, steps = _lut_for(mids)
+        if steps == 1:
+            return "lut1", (*_lut1_for(code32, mids), spec.centered, spec.scale_bits)
+        return "lut", (table, padded, code32, spec.centered, spec.scale_bits, steps)
+    return "select", (mids, code32, spec.centered, spec.scale_bits, mids.numel())
+
+
+def _run_compiled_(strategy: str, xb: torch.Tensor, code: torch.Tensor, spec) -> None:
+    name, args = _compiled_call(strategy, code, spec)
+    start = time.perf_counter()
+    fresh = name not in _compiled  # the very first one also imports dynamo/inductor: seconds
+    fn = _get_compiled(name)
+    before = _graphs_compiled()
     with _compile_config(), torch.no_grad():
-        if strategy == "int":
-            top = 2 ** (spec.bits - 1) - 1
-            return fn(xb, spec.centered, spec.scale_bits, out_dtype, top)
-        code32 = code.float().contiguous()
-        mids = midpoints(code32).contiguous()
-        if strategy == "lut":
-            table, padded, steps = _lut_for(mids)
-            return fn(xb, table, padded, code32, spec.centered, spec.scale_bits, out_dtype, steps)
-        return fn(xb, mids, code32, spec.centered, spec.scale_bits, out_dtype, mids.numel())
+        fn(xb, *args)
+    if fresh or _graphs_compiled() != before:  # this call traced and compiled (or loaded) a graph
+        _COMPILE["seconds"] = float(_COMPILE["seconds"]) + time.perf_counter() - start
+        _COMPILE["compiles"] = int(_COMPILE["compiles"]) + 1
 
 
-def fake_quantize_blocks(xb, code, spec, out_dtype, *, kernel: str | None = None) -> torch.Tensor:
-    """[n_blocks, B] blocks -> dequantized blocks in ``out_dtype``, by the chosen kernel."""
+#: rows of blocks the eager kernel processes at a time: its float32 temporaries stay a few MB
+#: (reused by the allocator) instead of several full-size tensors per call
+EAGER_CHUNK_NUMEL = 1 << 18
+
+
+def _eager_(xb: torch.Tensor, code: torch.Tensor, spec) -> None:
+    rows = max(1, EAGER_CHUNK_NUMEL // xb.shape[1])
+    for start in range(0, xb.shape[0], rows):
+        part = xb[start:start + rows]
+        part.copy_(_eager(part, code, spec.centered, spec.scale_bits, xb.dtype))
+
+
+def resolve_kernel(kernel: str | None, numel: int, device: torch.device) -> str:
+    """``"compiled"`` or ``"eager"``: what ``kernel`` (``None`` = the process setting) means for a
+    tensor of ``numel`` values on ``device``. ``auto`` compiles for large CPU tensors only."""
     mode = kernel or get_kernel()
     if mode not in KERNELS:
         raise ValueError(f"kernel must be one of {', '.join(KERNELS)}; got {mode!r}")
+    if mode == "auto":
+        ok = device.type == "cpu" and numel >= MIN_COMPILED_NUMEL and _state["broken"] is None
+        return "compiled" if ok else "eager"
+    return mode
+
+
+def fake_quantize_blocks_(xb: torch.Tensor, code: torch.Tensor, spec, *, kernel: str | None = None,
+                          strict: bool | None = None) -> None:
+    """Fake-quantize contiguous [n_blocks, B] blocks in place (any float dtype, kept).
+
+    Args:
+        kernel: ``auto``/``eager``/``compiled`` or ``None`` (the process setting); ``auto``
+            decides on ``xb``'s own size.
+        strict: raise if the compiled kernel fails instead of falling back to eager; default:
+            only when ``kernel="compiled"`` was asked for explicitly.
+    """
+    mode = kernel or get_kernel()
+    strict = mode == "compiled" if strict is None else strict
+    resolved = resolve_kernel(mode, xb.numel(), xb.device)
     strategy = _strategy(code, spec.dtype)
-    want = strategy is not None and xb.device.type == "cpu" and (
-        mode == "compiled"
-        or (mode == "auto" and xb.numel() >= MIN_COMPILED_NUMEL and _state["broken"] is None)
-    )
-    if want:
+    usable = strict or _state["broken"] is None
+    if resolved == "compiled" and usable and xb.device.type == "cpu" and strategy is not None:
         try:
-            return _run_compiled(strategy, xb, code, spec, out_dtype)
+            _run_compiled_(strategy, xb, code, spec)
+            return
         except Exception as err:  # compiler missing / backend failure: fall back, once
-            if mode == "compiled":
+            if strict:
                 raise
             _state["broken"] = repr(err)
             log.warning("fused quantization kernel unavailable (%s); using eager kernels", err)
-    return _eager(xb, code, spec.centered, spec.scale_bits, out_dtype)
+    _eager_(xb, code, spec)
 
 
 def compiled_kernel_available() -> bool:
@@ -283,13 +440,12 @@ def compiled_kernel_available() -> bool:
     if _state["broken"] is not None:
         return False
     try:
-        from kscale.quant.spec import QuantSpec
-
         from kscale.quant.dtypes import nf_codebook
+        from kscale.quant.spec import QuantSpec
 
         # the nf4 / fp32 / absmax / fp16-constant graph: the one most sweeps use anyway
         x = torch.linspace(-1, 1, 128).view(2, 64)
-        _run_compiled("select", x, nf_codebook(4), QuantSpec(4, "nf"), torch.float32)
+        _run_compiled_("select", x, nf_codebook(4), QuantSpec(4, "nf"))
         return True
     except Exception as err:
         _state["broken"] = repr(err)

@@ -2,7 +2,9 @@
 
 "Load once, quantize many": a sweep runs dozens of cells on one loaded model. Each cell takes a
 :class:`WeightSnapshot` (a copy of only the tensors that get quantized), quantizes in place,
-evaluates, and restores the original weights bit for bit.
+evaluates, and restores the original weights bit for bit. "In place" is literal: the quantized
+values are written into each weight's own storage (:func:`kscale.quant.fake_quantize_`), so a
+cell allocates no full-size tensors.
 """
 from __future__ import annotations
 
@@ -14,27 +16,35 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from kscale.quant.core import fake_quantize
+from kscale.quant.core import fake_quantize_
 from kscale.quant.filter import ModuleFilter
 from kscale.quant.ledger import BitLedger, _check_keep_columns, ledger_for
-from kscale.quant.modules import quantizable_modules, set_weight_matrix, weight_matrix
+from kscale.quant.modules import quantizable_modules, weight_matrix
 from kscale.quant.spec import QuantSpec
 
 log = logging.getLogger(__name__)
 
-__all__ = ["quantize_model", "quantize_matrix", "WeightSnapshot"]
+__all__ = ["quantize_model", "quantize_matrix", "quantize_matrix_", "WeightSnapshot"]
 
 
 def quantize_matrix(W: torch.Tensor, spec: QuantSpec, keep: torch.Tensor | None = None) -> torch.Tensor:
     """Fake-quantize an [out, in] matrix; input columns where ``keep`` is True stay bit-identical
-    and are left out of the block layout (the [out, in - kept] sub-matrix is blocked)."""
+    and are left out of the block layout (the [out, in - kept] sub-matrix is blocked).
+    Returns a new tensor; :func:`quantize_matrix_` writes into ``W`` instead."""
+    return quantize_matrix_(W.detach().clone(memory_format=torch.contiguous_format), spec, keep)
+
+
+def quantize_matrix_(W: torch.Tensor, spec: QuantSpec, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`quantize_matrix` written into ``W``'s storage (``W`` may be a view of a module's
+    weight, e.g. ``Conv1D``'s transpose); returns ``W``. Kept columns are never written."""
     if keep is None or not bool(keep.any()):
-        return fake_quantize(W, spec)
+        return fake_quantize_(W, spec)
     keep = keep.to(W.device)
-    out = W.detach().clone()
-    if bool((~keep).any()):
-        out[:, ~keep] = fake_quantize(W[:, ~keep].contiguous(), spec)
-    return out
+    drop = ~keep
+    if bool(drop.any()):
+        with torch.no_grad():
+            W[:, drop] = fake_quantize_(W[:, drop].contiguous(), spec)  # the gather is a copy anyway
+    return W
 
 
 @torch.no_grad()
@@ -74,7 +84,7 @@ def quantize_model(
         if id(module.weight) in done:
             continue
         done.add(id(module.weight))
-        set_weight_matrix(module, quantize_matrix(weight_matrix(module), spec, keep.get(name)))
+        quantize_matrix_(weight_matrix(module), spec, keep.get(name))  # into the weight's storage
     log.debug(
         "quantized %d matrices spec=%s in %.1fs (bits_per_param=%.4f)",
         len(done), spec.label, time.perf_counter() - start, ledger.bits_per_param,

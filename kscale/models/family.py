@@ -243,6 +243,20 @@ FAMILIES.register("bloom", ModelFamily(
     ),
     description="BigScience BLOOM, 560M-7.1B",
 ))
+# BLOOMZ: BLOOM fine-tuned on the xP3 task mixture (Muennighoff et al. 2022), the fifth family of
+# Dettmers & Zettlemoyer (2022); the same architecture, so the same filter and outlier pairs.
+FAMILIES.register("bloomz", ModelFamily(
+    name="bloomz",
+    sizes={**{s: f"bigscience/bloomz-{s}" for s in ("560m", "1b1", "1b7", "3b", "7b1")},
+           "176b": "bigscience/bloomz"},
+    module_filter=_filter("transformer.h.*"),
+    seqlen=2048,
+    outlier_pairs=(
+        ("transformer.h.*.self_attention.dense", "transformer.h.*.mlp.dense_h_to_4h"),
+        ("transformer.h.*.mlp.dense_h_to_4h", "transformer.h.*.mlp.dense_4h_to_h"),
+    ),
+    description="BigScience BLOOMZ (BLOOM fine-tuned on xP3), 560M-176B",
+))
 
 # Generic Llama-style decoder (also Mistral, Qwen2, ...): any label works when the user gives
 # its checkpoint; the table lists the Llama-2 base models as examples (gated on the hub).

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kscale.models.family import PROVIDERS, ModelFamily, get_family
+from kscale.models.family import PROVIDERS, STEP_REVISION, ModelFamily, get_family
 from kscale.registry import UnknownNameError, did_you_mean
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,10 @@ class ModelSpec:
         dtype: ``float32``/``float16``/``bfloat16``/``auto`` (the checkpoint's own dtype).
         device: where the model goes (``cpu``, ``cuda``, ``cuda:1``); ignored with ``device_map``.
         device_map: e.g. ``"auto"`` to shard a model larger than one GPU (accelerate).
+        revision: which checkpoint over training (a hub branch such as Pythia's ``step1000``, or
+            a toy snapshot ``tpp2.5``); None = the default/final one. Part of the model's identity.
+        n_tokens: tokens the checkpoint was trained on; None when unknown. Known at resolve
+            time from the family's rule, ``revision_tokens``, or the provider's schedule (toy).
     """
 
     family: str
@@ -58,6 +62,7 @@ class ModelSpec:
     device_map: str | None = None
     trust_remote_code: bool = False
     revision: str | None = None
+    n_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -131,6 +136,99 @@ def _check_local(path: Path, what: str) -> None:
         raise ModelConfigError(f"{what}: local checkpoint {path} {detail}")
 
 
+def _revision_dirs(root: Path, revision: str | None) -> list[Path]:
+    """Folders under a size's folder that may hold ``revision``: ``<root>/<revision>`` or
+    ``<root>/revisions/<revision>`` (the toy cache's layout); the root itself for None."""
+    return [root] if revision is None else [root / revision, root / "revisions" / revision]
+
+
+def _local_for(
+    fam: ModelFamily, size: str, revision: str | None, checkpoint: str,
+    local_dir: str | os.PathLike | None, local_paths: Mapping[str, Any],
+) -> Path | None:
+    """The local folder of (size, revision) from ``local_paths`` / ``local_dir``, or None if neither is given.
+
+    ``local_paths[size]`` is a folder (revisions in sub-folders named after them) or a mapping
+    ``revision -> folder``; ``local_dir`` holds ``<size>/`` (or ``<repo name>/``, ``<org>/<repo>/``)
+    with one sub-folder per revision.
+    """
+    what = f"family {fam.name!r} size {size!r}" + (f" revision {revision!r}" if revision is not None else "")
+    if size in local_paths:
+        given = local_paths[size]
+        if isinstance(given, Mapping):
+            table = {("null" if k is None else str(k)): v for k, v in given.items()}
+            key = "null" if revision is None else revision
+            if key not in table:
+                raise ModelConfigError(f"{what}: local_paths.{size} maps revisions {sorted(table)}, not {key!r}")
+            local = Path(table[key]).expanduser()
+            _check_local(local, f"{what} (local_paths)")
+            return local
+        cands = _revision_dirs(Path(given).expanduser(), revision)
+        found = [c for c in cands if (c / "config.json").is_file()]
+        if not found:
+            if len(cands) == 1:
+                _check_local(cands[0], f"{what} (local_paths)")
+            raise ModelConfigError(f"{what} (local_paths): no checkpoint folder with config.json; "
+                                   f"looked for {', '.join(str(c) for c in cands)}")
+        return found[0]
+    if local_dir is not None:
+        cands = [r for c in _candidates(Path(local_dir).expanduser(), size, checkpoint)
+                 for r in _revision_dirs(c, revision)]
+        found = [c for c in cands if (c / "config.json").is_file()]
+        if not found:
+            raise ModelConfigError(
+                f"{what}: no checkpoint folder with config.json under local_dir; "
+                f"looked for {', '.join(str(c) for c in cands)}"
+            )
+        return found[0]
+    return None
+
+
+def _revision_list(revision: str | None, revisions: Sequence[str | None] | str | None, family: str) -> list[str | None]:
+    if revisions is None:
+        return [revision]
+    if revision is not None:
+        raise ModelConfigError(f"family {family!r}: give revision or revisions, not both "
+                               f"(revision={revision!r}, revisions={revisions!r})")
+    out = [revisions] if isinstance(revisions, str) else list(revisions)
+    out = [None if r is None else str(r) for r in out]
+    if not out:
+        raise ModelConfigError(f"family {family!r}: revisions is empty; give at least one (null = the final checkpoint)")
+    dupes = sorted({str(r) for r in out if out.count(r) > 1})
+    if dupes:
+        raise ModelConfigError(f"family {family!r}: revisions must be unique; {dupes} repeated in {out}")
+    return out
+
+
+def _check_revision(fam: ModelFamily, revision: str | None, explicit: Mapping[str, int], provider: Any,
+                    provider_options: Mapping[str, Any]) -> None:
+    """Reject a revision the family cannot have, before anything loads (or a hub call is made)."""
+    if revision is None:
+        return
+    if provider is not None:  # a provider saves a fixed set; an explicit token count adds none
+        names = provider.revisions(provider_options) if hasattr(provider, "revisions") else []
+        if revision not in names:
+            raise ModelConfigError(
+                f"unknown revision {revision!r} for family {fam.name!r}.{did_you_mean(revision, names)} "
+                f"Available: {', '.join(names) or 'none (this provider saves no revisions)'}"
+            )
+        return
+    if fam.revisions and revision not in fam.revisions and revision not in explicit:
+        if fam.tokens_per_step is not None and STEP_REVISION.fullmatch(revision):
+            raise ModelConfigError(
+                f"family {fam.name!r} publishes no revision {revision!r}; it has "
+                f"{_summarise(fam.revisions)}"
+            )
+        raise ModelConfigError(
+            f"family {fam.name!r}: revision {revision!r} must look like step<N> (one of "
+            f"{_summarise(fam.revisions)}), or give its training tokens in revision_tokens"
+        )
+
+
+def _summarise(names: Sequence[str]) -> str:
+    return ", ".join(names) if len(names) <= 12 else f"{', '.join(names[:12])}, ..., {names[-1]} ({len(names)} in all)"
+
+
 def resolve_models(
     family: str | ModelFamily,
     sizes: Sequence[str] | str | None = None,
@@ -144,21 +242,34 @@ def resolve_models(
     trust_remote_code: bool = False,
     revision: str | None = None,
     provider_options: Mapping[str, Any] | None = None,
+    revisions: Sequence[str | None] | str | None = None,
+    revision_tokens: Mapping[str, int] | None = None,
 ) -> list[ModelSpec]:
-    """Validate a family/sizes selection and return one :class:`ModelSpec` per size (no loading).
+    """Validate a family/sizes selection and return one :class:`ModelSpec` per (size, revision)
+    (no loading), size-major: every revision of the first size, then the next size.
 
     Args:
         family: a registry name or a :class:`ModelFamily`.
         sizes: labels to run, in order; ``None``/``"all"`` = every size of the family.
         local_dir: a root folder with one sub-folder per size (named ``<size>``, the repo name
-            ``opt-125m``, or ``org/repo``); every selected size must be found there.
-        local_paths: ``size -> folder`` for individual sizes (wins over ``local_dir``).
+            ``opt-125m``, or ``org/repo``); every selected size must be found there. A revision
+            ``r`` of a size is the sub-folder ``<size>/<r>/`` (or ``<size>/revisions/<r>/``).
+        local_paths: ``size -> folder`` for individual sizes (wins over ``local_dir``); with
+            revisions, the folder holds one sub-folder per revision, or the value is a mapping
+            ``revision -> folder`` (key ``null`` = the final checkpoint).
         checkpoints: ``size -> hub id`` overriding/extending the family's table (generic families).
         provider_options: passed to the family's checkpoint provider's ``locate``.
+        revision: one checkpoint over training for every size (a hub branch); None = final.
+        revisions: several (None entries = final); each (size, revision) is its own spec.
+            Provider families accept the names their provider saves (toy: ``tpp0.625`` ..
+            ``tpp20``); families with a published list (Pythia ``step<N>``) accept those, or
+            any name whose token count ``revision_tokens`` gives.
+        revision_tokens: ``revision -> training tokens``, overriding the family's rule
+            (Pythia: ``step<N>`` -> ``N * 2,097,152``); recorded as ``n_tokens``.
 
     Raises:
-        ModelConfigError: unknown family or size, a missing local folder, or a hub id that
-            cannot be reached because the hub is disabled and the id is not cached.
+        ModelConfigError: unknown family, size or revision, a missing local folder, or a hub
+            id that cannot be reached because the hub is disabled and the id is not cached.
     """
     try:
         fam = family if isinstance(family, ModelFamily) else get_family(family)
@@ -189,6 +300,17 @@ def resolve_models(
             )
 
     provider = PROVIDERS.get(fam.provider) if fam.provider else None
+    revs = _revision_list(revision, revisions, fam.name)
+    explicit: dict[str, int] = {}
+    for name, tokens in (revision_tokens or {}).items():
+        if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
+            raise ModelConfigError(f"revision_tokens.{name} must be an integer >= 0 (training tokens); got {tokens!r}")
+        explicit[str(name)] = tokens
+    try:
+        for rev in revs:
+            _check_revision(fam, rev, explicit, provider, dict(provider_options or {}))
+    except ValueError as exc:  # a provider's own option errors
+        raise ModelConfigError(str(exc)) from None
     specs: list[ModelSpec] = []
     for size in selected:
         known = size in table
@@ -199,34 +321,33 @@ def resolve_models(
                 + (" (or give its checkpoint via checkpoints=/local_paths=)" if fam.open_sizes else "")
             )
         checkpoint = table.get(size, size)
-        local: Path | None = None
-        if size in local_paths:
-            local = Path(local_paths[size]).expanduser()
-            _check_local(local, f"family {fam.name!r} size {size!r} (local_paths)")
-        elif local_dir is not None:
-            cands = _candidates(Path(local_dir).expanduser(), size, checkpoint)
-            found = [c for c in cands if (c / "config.json").is_file()]
-            if not found:
-                raise ModelConfigError(
-                    f"family {fam.name!r} size {size!r}: no checkpoint folder with config.json under "
-                    f"local_dir; looked for {', '.join(str(c) for c in cands)}"
-                )
-            local = found[0]
-        elif provider is not None:
-            local = Path(provider.locate(size, dict(provider_options or {})))
-        elif not _in_hf_cache(checkpoint, revision):
-            why = ("the hub is disabled (HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE is set)" if _hub_disabled()
-                   else _hub_unreachable_reason())
-            if why:
-                raise ModelConfigError(
-                    f"family {fam.name!r} size {size!r} needs hub id {checkpoint!r}, but {why} and it is "
-                    "not in the local Hugging Face cache; set model.local_dir or model.local_paths, or go online"
-                )
-        specs.append(ModelSpec(
-            family=fam.name, size=size, checkpoint=checkpoint,
-            local_path=str(local) if local is not None else None, dtype=dtype, device=device,
-            device_map=device_map, trust_remote_code=trust_remote_code, revision=revision,
-        ))
+        for rev in revs:
+            local = _local_for(fam, size, rev, checkpoint, local_dir, local_paths)
+            user_local = local is not None
+            if local is None and provider is not None:
+                opts = dict(provider_options or {})
+                local = Path(provider.locate(size, opts) if rev is None else provider.locate(size, opts, rev))
+            elif local is None and not _in_hf_cache(checkpoint, rev):
+                why = ("the hub is disabled (HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE is set)" if _hub_disabled()
+                       else _hub_unreachable_reason())
+                if why:
+                    at = f" at revision {rev!r}" if rev is not None else ""
+                    raise ModelConfigError(
+                        f"family {fam.name!r} size {size!r} needs hub id {checkpoint!r}{at}, but {why} and it "
+                        "is not in the local Hugging Face cache; set model.local_dir or model.local_paths, or go online"
+                    )
+            if rev in explicit:
+                n_tokens = explicit[rev]
+            elif provider is not None and hasattr(provider, "n_tokens") and not user_local:
+                n_tokens = provider.n_tokens(size, dict(provider_options or {}), rev)
+            else:
+                n_tokens = fam.revision_tokens(rev)
+            specs.append(ModelSpec(
+                family=fam.name, size=size, checkpoint=checkpoint,
+                local_path=str(local) if local is not None else None, dtype=dtype, device=device,
+                device_map=device_map, trust_remote_code=trust_remote_code, revision=rev,
+                n_tokens=n_tokens,
+            ))
     return specs
 
 
@@ -234,22 +355,34 @@ def prepare_models(specs: Sequence[ModelSpec], provider_options: Mapping[str, An
     """Build missing provider checkpoints (e.g. train the toy ladder) before loading.
 
     Families without a provider are returned unchanged. For provider families, calls
-    ``provider.ensure(sizes, options)`` once per family and points each spec at the returned folder.
+    ``provider.ensure(sizes, options[, revisions])`` once per family, points each spec at its
+    folder (``provider.locate(size, options, revision)`` for a revision) and fills a missing
+    ``n_tokens`` from the built checkpoint when the provider reports it (``provider.n_tokens``).
     """
     by_family: dict[str, list[ModelSpec]] = {}
     for spec in specs:
         by_family.setdefault(spec.family, []).append(spec)
-    out: dict[tuple[str, str], ModelSpec] = {}
+    out: dict[tuple[str, str, str | None], ModelSpec] = {}
     for fam_name, fam_specs in by_family.items():
         fam = get_family(fam_name)
         if fam.provider is None:
             continue
-        dirs = PROVIDERS.get(fam.provider).ensure([s.size for s in fam_specs], dict(provider_options or {}))
+        provider = PROVIDERS.get(fam.provider)
+        opts = dict(provider_options or {})
+        sizes = list(dict.fromkeys(s.size for s in fam_specs))
+        revs = list(dict.fromkeys(s.revision for s in fam_specs))
+        # providers without revisions keep the two-argument call
+        dirs = provider.ensure(sizes, opts) if revs == [None] else provider.ensure(sizes, opts, revisions=revs)
         for s in fam_specs:
             if s.size not in dirs:
                 raise ModelConfigError(f"provider {fam.provider!r} built no checkpoint for size {s.size!r}")
-            out[(s.family, s.size)] = ModelSpec(**{**s.__dict__, "local_path": str(dirs[s.size])})
-    return [out.get((s.family, s.size), s) for s in specs]
+            path = dirs[s.size] if s.revision is None else provider.locate(s.size, opts, s.revision)
+            n_tokens = s.n_tokens
+            if n_tokens is None and hasattr(provider, "n_tokens"):
+                n_tokens = provider.n_tokens(s.size, opts, s.revision)
+            out[(s.family, s.size, s.revision)] = ModelSpec(
+                **{**s.__dict__, "local_path": str(path), "n_tokens": n_tokens})
+    return [out.get((s.family, s.size, s.revision), s) for s in specs]
 
 
 def _torch_dtype(name: str):
@@ -293,7 +426,8 @@ def load_model(spec: ModelSpec) -> LoadedModel:
             kwargs["use_safetensors"] = True
     elif spec.revision:
         kwargs["revision"] = spec.revision
-    log.info("loading %s/%s from %s (dtype=%s)", spec.family, spec.size, source, spec.dtype)
+    at = f"@{spec.revision}" if spec.revision else ""
+    log.info("loading %s/%s%s from %s (dtype=%s)", spec.family, spec.size, at, source, spec.dtype)
     tokenizer = AutoTokenizer.from_pretrained(source, **kwargs_without(kwargs, "use_safetensors"))
     model_kwargs = dict(kwargs, dtype=_torch_dtype(spec.dtype))
     if spec.device_map:

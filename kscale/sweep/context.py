@@ -30,15 +30,19 @@ def model_identity(model_spec: Any, provider_options: Mapping[str, Any]) -> dict
 
     fam = get_family(model_spec.family)
     options = dict(provider_options) if fam.provider else {}
-    return {
+    identity = {
         "family": model_spec.family,
         "size": model_spec.size,
         "checkpoint": model_spec.checkpoint,
-        "revision": getattr(model_spec, "revision", None),
-        "n_tokens": getattr(model_spec, "n_tokens", None),
         "model_dtype": model_spec.dtype,
         "model_options": json.dumps(options, sort_keys=True, separators=(",", ":"), default=str),
     }
+    # a training checkpoint other than the final one is another model; the final one keeps the
+    # keys it had before revisions existed (its n_tokens follows from the rest: a plain column)
+    revision = getattr(model_spec, "revision", None)
+    if revision is not None:
+        identity["revision"] = revision
+    return identity
 
 
 def job_name(model_spec: Any) -> str:
@@ -156,7 +160,9 @@ def _static_columns(plan: SweepPlan, model_spec: Any, family: Any) -> dict[str, 
     """Provenance shared by every row of the job (and the toy language's entropy rate)."""
     from kscale.sweep.provenance import provenance_static
 
-    static = dict(provenance_static(), device=str(model_spec.device))
+    static = dict(provenance_static(), device=str(model_spec.device),
+                  revision=getattr(model_spec, "revision", None),
+                  n_tokens=getattr(model_spec, "n_tokens", None))
     if family.provider:
         # a family kscale builds itself may know its irreducible loss exactly (the toy language's
         # entropy rate, nats/token): the ground truth a fitted E is checked against

@@ -13,7 +13,10 @@ _SUMMARY_PREFIXES: tuple[str, ...] = ("ppl_", "kl_", "acc_mean")
 
 def summarize_row(row: Mapping[str, Any], label: str) -> str:
     """``toy-s1 int4-b64-rtn ok bits/param=4.25 ppl_toy=12.31 kl_toy=0.0412 (q 0.1s, e 1.2s)``."""
-    parts = [f"{row.get('family')}-{row.get('size')}", label, str(row.get("status"))]
+    model = f"{row.get('family')}-{row.get('size')}"
+    if row.get("revision"):
+        model += f"@{row['revision']}"
+    parts = [model, label, str(row.get("status"))]
     bpp = row.get("bits_per_param")
     if isinstance(bpp, (int, float)):
         parts.append(f"bits/param={bpp:.3f}")

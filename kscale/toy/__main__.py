@@ -1,12 +1,13 @@
 """Command line for the toy family.
 
     python -m kscale.toy train [--sizes L1-d8 L2-d24] [--architecture opt] [--tokens-per-param 20]
-                               [--device cuda] [--text-path FILE] [--seed 0] [--no-progress]
+                               [--device cuda] [--text-path FILE] [--seed 0] [--snapshots 6] [--no-progress]
     python -m kscale.toy entropy [--vocab-size 128 ...]
     python -m kscale.toy sample [--n 50]
 
 ``train`` fills the cache that ``python run_sweep.py`` reads (same options -> same directory)
-and prints one line per size: parameters, training time, final loss and the entropy rate.
+and prints one line per size: parameters, training time, final loss and the entropy rate, then
+the revisions (checkpoints over training) saved for every size.
 """
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ def _options(args: argparse.Namespace) -> dict:
     if lang:
         opts["language"] = lang
     opts["progress"] = not args.no_progress
+    if args.snapshots is not None:
+        opts["snapshots"] = args.snapshots
     opts["num_threads"] = args.threads
     return opts
 
@@ -46,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=40, help="words to print for `sample`")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads while training (default: 1 for small rungs, all for large)")
+    parser.add_argument("--snapshots", type=int, default=None,
+                        help="checkpoints per size over training, the final included (default 6: 1/32 .. 1 of the budget)")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bars")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -72,12 +77,14 @@ def main(argv: list[str] | None = None) -> int:
         corpus = load_toy_corpus(n_tokens=args.n, **options)
         print(" ".join(corpus.rows))
         return 0
-    paths = PROVIDER.ensure(args.sizes, options)
+    revisions = PROVIDER.revisions(options)
+    paths = PROVIDER.ensure(args.sizes, options, revisions=revisions)
     print(f"{'size':8s} {'n_params':>9s} {'tokens':>10s} {'train_s':>8s} {'loss':>7s}  entropy rate {source.entropy_rate}")
     for size, path in paths.items():
         stats = json.loads((path / "train_stats.json").read_text())
         print(f"{size:8s} {stats['n_params']:9d} {stats['n_tokens']:10d} {stats['train_s']:8.1f} "
               f"{stats['final_loss']:7.4f}  {path}")
+    print(f"revisions (model.revisions=[...]; folders <size>/revisions/<name>): {', '.join(revisions)}")
     return 0
 
 

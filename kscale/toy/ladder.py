@@ -8,6 +8,17 @@ level). Each directory is an ordinary Hugging Face checkpoint (``config.json``,
 ``model.safetensors``, ``tokenizer.json`` ...) plus ``train_stats.json`` (losses, timing,
 entropy rate) and ``toy_options.json`` (the options that made it).
 
+Checkpoints over training (issue 11): the same run also saves the rung at a fraction of its token
+budget, the budget halved ``1 .. snapshots-1`` times, each a loadable Hugging Face checkpoint in
+``<s>/revisions/<name>/`` with ``snapshot.json`` (step, tokens, loss). A revision is named by its
+nominal tokens per parameter: ``tpp0.625 tpp1.25 tpp2.5 tpp5 tpp10 tpp20`` for the default
+budget of 20 tokens/param, the last being the final checkpoint ``<s>`` itself; the names are the
+same for every rung, and each snapshot's exact token count is in its ``snapshot.json``. Saving
+touches no random state, so the final weights (and the cache key, which does not include
+``snapshots``) are the same as without snapshots. A cache built before snapshots existed lacks
+them: :meth:`ToyProvider.ensure` retrains those rungs when a revision is asked for and adds the
+snapshots, leaving the cached final checkpoint untouched.
+
 Concurrency: :meth:`ToyProvider.ensure` trains under a per-size file lock, into a temporary
 directory beside the target, then renames it into place; the final directory therefore
 either does not exist or is complete, and two sweep jobs never train the same size twice.
@@ -22,7 +33,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +43,7 @@ from kscale.data.corpus import TextCorpus
 from kscale.paths import default_cache_dir
 from kscale.toy.language import LanguageSpec, MarkovLanguage
 from kscale.toy.tokenizer import EOS, SPECIAL_TOKENS, build_tokenizer, text_vocabulary
-from kscale.toy.train import ARCHITECTURES, ToyShape, TrainSpec, build_model, train_model
+from kscale.toy.train import ARCHITECTURES, ToyShape, TrainSpec, build_model, n_params, train_model, train_steps
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +87,9 @@ class ToyOptions:
         progress: show tqdm bars while training.
         num_threads: torch CPU threads while training (None = automatic, see
             :func:`kscale.toy.train.train_model`); not in the cache key.
+        snapshots: checkpoints kept over training per rung, the final one included (the token
+            budget halved ``snapshots - 1`` times: 6 -> 1/32 .. 1 of the budget; 1 = final only);
+            not in the cache key (snapshots do not change the final weights).
     """
 
     architecture: str = "gpt2"
@@ -92,6 +106,7 @@ class ToyOptions:
     row_tokens: int = 100
     progress: bool = True
     num_threads: int | None = None
+    snapshots: int = 6
 
     @classmethod
     def from_mapping(cls, options: Mapping[str, Any] | None) -> ToyOptions:
@@ -122,7 +137,31 @@ class ToyOptions:
         ARCHITECTURES.get(opts.architecture)  # did-you-mean error for typos
         if opts.text_path is not None and not Path(opts.text_path).is_file():
             raise ValueError(f"text_path must be an existing text file; got {opts.text_path!r}")
+        if isinstance(opts.snapshots, bool) or not isinstance(opts.snapshots, int) or not 1 <= opts.snapshots <= 16:
+            raise ValueError(f"snapshots must be an integer in 1..16 (checkpoints per rung); got {opts.snapshots!r}")
         return opts
+
+    def revisions(self) -> dict[str, int]:
+        """Revision name -> halvings of the token budget (0 = the final checkpoint), fewest tokens first."""
+        tpp = self.train.tokens_per_param
+        return {revision_name(tpp / 2**j): j for j in range(self.snapshots - 1, -1, -1)}
+
+    @property
+    def final_revision(self) -> str:
+        """The name of the final checkpoint (the whole token budget)."""
+        return revision_name(self.train.tokens_per_param)
+
+    def halvings(self, revision: str | None) -> int:
+        """Halvings of the budget for ``revision`` (None = final); ValueError naming the choices."""
+        if revision is None:
+            return 0
+        table = self.revisions()
+        if revision not in table:
+            raise ValueError(
+                f"unknown toy revision {revision!r}; this ladder saves {', '.join(table)} (nominal "
+                f"tokens per parameter; snapshots={self.snapshots}, tokens_per_param={self.train.tokens_per_param:g})"
+            )
+        return table[revision]
 
     def key(self) -> str:
         """Hash of everything that determines the weights (not the device or progress bar)."""
@@ -145,6 +184,34 @@ class ToyOptions:
         if size not in self.ladder:
             raise ValueError(f"unknown toy size {size!r}; allowed: {list(self.ladder)}")
         return self.ladder[size]
+
+
+def revision_name(tokens_per_param: float) -> str:
+    """``tpp<tokens per parameter>``: the same label on every rung, readable in result rows."""
+    return f"tpp{tokens_per_param:g}"
+
+
+def snapshot_steps(steps: int, snapshots: int) -> dict[int, int]:
+    """Halvings ``j`` (1 .. snapshots-1) -> optimizer step ``max(1, round(steps / 2**j))``."""
+    return {j: max(1, round(steps / 2**j)) for j in range(1, snapshots)}
+
+
+def planned_tokens(size: str, opts: ToyOptions, revision: str | None = None) -> int:
+    """Training tokens of ``size`` at ``revision`` by the schedule :func:`train_checkpoint` follows.
+
+    The parameter count comes from the model built on the meta device (shapes only, no
+    memory), under a forked RNG so the caller's random state is untouched.
+    """
+    import torch
+
+    shape = opts.shape(size)
+    j = opts.halvings(revision)
+    vocab = len(data_source(opts).words) + len(SPECIAL_TOKENS)
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        n = n_params(build_model(opts.architecture, shape, vocab, opts.train.seqlen, 0, opts.seed))
+    steps = train_steps(opts.train, n, shape.batch_size)
+    step = steps if j == 0 else snapshot_steps(steps, opts.snapshots)[j]
+    return step * shape.batch_size * opts.train.seqlen
 
 
 # ---------------------------------------------------------------------------- data sources
@@ -253,31 +320,65 @@ class ToyProvider:
         the sweep writes it into every toy row as ``entropy_rate``."""
         return entropy_rate(options)
 
-    def locate(self, size: str, options: Mapping[str, Any] | None = None) -> Path:
+    def revisions(self, options: Mapping[str, Any] | None = None) -> list[str]:
+        """The revision names every rung has (fewest tokens first; the last is the final checkpoint)."""
+        return list(ToyOptions.from_mapping(options).revisions())
+
+    def locate(self, size: str, options: Mapping[str, Any] | None = None, revision: str | None = None) -> Path:
+        """The checkpoint folder of ``size`` at ``revision`` (None or the final name: the rung itself)."""
         opts = ToyOptions.from_mapping(options)
         opts.shape(size)
-        return default_cache_dir() / "toy" / opts.key() / size
+        final = default_cache_dir() / "toy" / opts.key() / size
+        j = opts.halvings(revision)
+        return final if j == 0 else final / "revisions" / revision
 
-    def ensure(self, sizes: Sequence[str] | None, options: Mapping[str, Any] | None = None) -> dict[str, Path]:
-        """Train the sizes whose checkpoint is missing (smallest first); return ``size -> dir``."""
+    def n_tokens(self, size: str, options: Mapping[str, Any] | None = None, revision: str | None = None) -> int:
+        """Tokens the checkpoint was (or will be) trained on: from its stats file once built,
+        else from the training schedule (the same numbers; nothing is trained)."""
+        path = self.locate(size, options, revision)
+        for name in ("snapshot.json", "train_stats.json"):
+            if (path / name).is_file():
+                return int(json.loads((path / name).read_text())["n_tokens"])
+        return planned_tokens(size, ToyOptions.from_mapping(options), revision)
+
+    def ensure(
+        self, sizes: Sequence[str] | None, options: Mapping[str, Any] | None = None,
+        revisions: Sequence[str | None] | None = None,
+    ) -> dict[str, Path]:
+        """Train the sizes whose checkpoint is missing (smallest first); return ``size -> final dir``.
+
+        ``revisions`` (names, None = final) must exist for every size too; a rung cached before
+        its snapshots existed is trained again to add them (its final checkpoint is kept).
+        Their folders are :meth:`locate` ``(size, options, revision)``.
+        """
         from filelock import FileLock
 
         opts = ToyOptions.from_mapping(options)
         sizes = list(opts.ladder) if sizes is None else list(sizes)
         for s in sizes:
             opts.shape(s)
+        wanted = sorted({r for r in (revisions or ()) if opts.halvings(r) > 0})
         out: dict[str, Path] = {}
         for size in sizes:
             path = self.locate(size, options)
-            if not _complete(path):
+            snaps = [self.locate(size, options, r) for r in wanted]
+
+            def missing() -> list[Path]:
+                return [p for p in [path, *snaps] if not _complete(p)]
+
+            if missing():
                 path.parent.mkdir(parents=True, exist_ok=True)
                 with FileLock(str(path.parent / f".{size}.lock")):
-                    if not _complete(path):  # another job may have finished it meanwhile
-                        self._train_into(size, path, opts)
+                    todo = missing()  # another job may have finished it meanwhile
+                    if todo:
+                        if path not in todo:
+                            log.info("toy %s: cached without revisions %s; training it again to add them",
+                                     size, ", ".join(p.name for p in todo))
+                        self._train_into(size, path, opts, final_too=path in todo)
             out[size] = path
         return out
 
-    def _train_into(self, size: str, path: Path, opts: ToyOptions) -> None:
+    def _train_into(self, size: str, path: Path, opts: ToyOptions, *, final_too: bool = True) -> None:
         # we hold the lock, so temp dirs of this size are leftovers of killed jobs
         for stale in path.parent.glob(f".{size}.tmp-*"):
             shutil.rmtree(stale, ignore_errors=True)
@@ -285,18 +386,37 @@ class ToyProvider:
         tmp = Path(tempfile.mkdtemp(prefix=f".{size}.tmp-", dir=path.parent))
         try:
             stats = train_checkpoint(size, opts, tmp, source=source)
-            if path.exists():  # an incomplete leftover (no train_stats.json) from a killed job
-                shutil.rmtree(path)
-            os.replace(tmp, path)
+            if final_too:
+                if path.exists():  # an incomplete leftover (no train_stats.json) from a killed job
+                    shutil.rmtree(path)
+                os.replace(tmp, path)
+            else:
+                _add_snapshots(tmp, path)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        shutil.rmtree(tmp, ignore_errors=True)
         self.n_trained += 1
         log.info("toy %s cached at %s (loss %.4f)", size, path, stats["final_loss"])
 
 
+def _add_snapshots(new: Path, final: Path) -> None:
+    """Move the snapshots of a fresh run ``new`` that ``final`` lacks into it; keep the rest of ``final``."""
+    if (new / "model.safetensors").read_bytes() != (final / "model.safetensors").read_bytes():
+        log.warning("toy %s: the cached final checkpoint differs from this run's (another device or "
+                    "thread count); its new snapshots come from this run", final.name)
+    for snap in sorted((new / "revisions").iterdir()) if (new / "revisions").is_dir() else ():
+        target = final / "revisions" / snap.name
+        if not _complete(target):
+            if target.exists():
+                shutil.rmtree(target)
+            target.parent.mkdir(exist_ok=True)
+            os.replace(snap, target)
+
+
 def _complete(path: Path) -> bool:
-    return (path / "train_stats.json").is_file()
+    """A finished checkpoint: its stats file (written last) exists."""
+    return (path / "train_stats.json").is_file() or (path / "snapshot.json").is_file()
 
 
 def train_checkpoint(size: str, opts: ToyOptions, out_dir: Path, *, source=None) -> dict[str, Any]:
@@ -307,19 +427,40 @@ def train_checkpoint(size: str, opts: ToyOptions, out_dir: Path, *, source=None)
     vocab = len(source.words) + len(SPECIAL_TOKENS)
     eos_id = tokenizer.convert_tokens_to_ids(EOS)
     model = build_model(opts.architecture, shape, vocab, opts.train.seqlen, eos_id, opts.seed)
+    steps = train_steps(opts.train, n_params(model), shape.batch_size)
+    tokens_per_step = shape.batch_size * opts.train.seqlen
+    names = {j: name for name, j in opts.revisions().items()}
+    at_step: dict[int, list[int]] = {}
+    for j, step in snapshot_steps(steps, opts.snapshots).items():
+        at_step.setdefault(step, []).append(j)
+    snapshots: dict[str, dict[str, Any]] = {}
+
+    def save_snapshots(step: int, model) -> None:
+        for j in at_step[step]:
+            snap = out_dir / "revisions" / names[j]
+            _save_hf(model, tokenizer, snap)
+            info = {"size": size, "revision": names[j], "step": step, "n_tokens": step * tokens_per_step,
+                    "budget_fraction": 2.0**-j, "key": opts.key()}
+            snapshots[names[j]] = {"step": step, "n_tokens": step * tokens_per_step}
+            (snap / "snapshot.json").write_text(json.dumps(info, indent=2))  # last: marks it complete
+
     result = train_model(
         model, source.batches(opts.seed), opts.train, batch_size=shape.batch_size,
         d_model=shape.d_model, device=opts.device, progress=opts.progress, desc=f"toy {size}",
         num_threads=opts.num_threads,
+        snapshots={step: partial(save_snapshots, step) for step in at_step},
     )
+    snapshots[opts.final_revision] = {"step": result.steps, "n_tokens": result.n_tokens}
     out_dir.mkdir(parents=True, exist_ok=True)
     model.to("cpu").save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     stats = {
         "size": size, "n_params": result.n_params, "n_tokens": result.n_tokens, "steps": result.steps,
-        "final_loss": result.final_loss, "train_s": result.train_s, "device": opts.device,
+        "final_loss": result.final_loss, "train_s": result.train_s, "snapshot_s": result.snapshot_s,
+        "device": opts.device,
         "entropy_rate": source.entropy_rate, "key": opts.key(),
         "losses": [round(x, 5) for x in result.losses],
+        "revisions": dict(sorted(snapshots.items(), key=lambda kv: kv[1]["step"])),
     }
     options = {
         "architecture": opts.architecture, "seed": opts.seed, "language": opts.language.to_dict(),
@@ -330,6 +471,14 @@ def train_checkpoint(size: str, opts: ToyOptions, out_dir: Path, *, source=None)
     # written last: its presence marks a complete checkpoint
     (out_dir / "train_stats.json").write_text(json.dumps(stats, indent=2))
     return stats
+
+
+def _save_hf(model, tokenizer, out_dir: Path) -> None:
+    """A loadable Hugging Face folder of ``model`` as it is now, mid-training (safetensors copies
+    device tensors to the CPU; the model stays where it is)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
 
 
 # ---------------------------------------------------------------------------- corpus

@@ -7,14 +7,18 @@ model as loaded (tied embeddings counted once). Deterministic given the seed: th
 from ``torch.manual_seed(seed)`` and the batches from a seeded data stream read in order.
 
 Contents: :class:`ToyShape` (one rung of the ladder), :data:`ARCHITECTURES` (name -> config
-builder), :class:`TrainSpec`, :func:`build_model`, :func:`train_model`.
+builder), :class:`TrainSpec`, :func:`build_model`, :func:`train_steps`, :func:`train_model`.
+
+Snapshots: ``train_model(..., snapshots={step: save})`` calls ``save(model)`` after optimizer step
+``step`` of the *same* run (checkpoints over training, issue 11). Saving reads the weights and
+touches no random state, so the final weights are bit-identical with or without snapshots.
 """
 from __future__ import annotations
 
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -154,6 +158,12 @@ def n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def train_steps(spec: TrainSpec, n: int, batch_size: int) -> int:
+    """Optimizer steps of a model with ``n`` parameters: its token budget over tokens per step,
+    at least ``spec.min_steps`` (so tiny models still get a real schedule)."""
+    return max(spec.min_steps, math.ceil(spec.tokens_per_param * n / (batch_size * spec.seqlen)))
+
+
 def lr_at(step: int, total: int, peak: float, spec: TrainSpec) -> float:
     """Linear warm-up over ``warmup_frac * total`` steps, then cosine to ``min_lr_ratio * peak``."""
     warm = max(1, int(spec.warmup_frac * total))
@@ -173,6 +183,7 @@ class TrainResult:
     final_loss: float  # mean training loss over the last 10% of steps (nats/token)
     train_s: float
     losses: tuple[float, ...]
+    snapshot_s: float = 0.0  # time spent saving snapshots (not in train_s)
 
 
 #: Models smaller than this train on one CPU thread when ``num_threads`` is None (see train_model).
@@ -193,8 +204,12 @@ def train_model(
     progress: bool = True,
     desc: str = "train",
     num_threads: int | None = None,
+    snapshots: Mapping[int, Callable[[torch.nn.Module], None]] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place for ``tokens_per_param * n_params`` tokens; returns the statistics.
+
+    ``snapshots`` maps a number of completed optimizer steps (1..steps) to a function called with
+    the model at that point (the caller saves it); the time spent in them is not in ``train_s``.
 
     ``num_threads`` sets torch's intra-op CPU threads for the duration of training (restored
     afterwards). ``None`` = automatic: 1 thread below :data:`SINGLE_THREAD_BELOW` parameters,
@@ -210,17 +225,21 @@ def train_model(
         torch.set_num_threads(num_threads)
     try:
         return _train(model, batches, spec, batch_size=batch_size, d_model=d_model, device=device,
-                      progress=progress, desc=desc)
+                      progress=progress, desc=desc, snapshots=dict(snapshots or {}))
     finally:
         torch.set_num_threads(old_threads)
 
 
-def _train(model, batches, spec, *, batch_size, d_model, device, progress, desc) -> TrainResult:
+def _train(model, batches, spec, *, batch_size, d_model, device, progress, desc, snapshots) -> TrainResult:
     from tqdm.auto import tqdm
 
     n = n_params(model)
     tokens_per_step = batch_size * spec.seqlen
-    steps = max(spec.min_steps, math.ceil(spec.tokens_per_param * n / tokens_per_step))
+    steps = train_steps(spec, n, batch_size)
+    bad = sorted(k for k in snapshots if not 1 <= k <= steps)
+    if bad:
+        raise ValueError(f"snapshot steps must be in 1..{steps} (the run's optimizer steps); got {bad}")
+    snapshot_s = 0.0
     peak = spec.peak_lr(d_model)
     model.to(device).train()
     decay = [p for p in model.parameters() if p.ndim >= 2]
@@ -243,15 +262,19 @@ def _train(model, batches, spec, *, batch_size, d_model, device, progress, desc)
         torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
         opt.step()
         losses.append(float(loss.detach()))
+        if step + 1 in snapshots:
+            t0 = time.perf_counter()
+            snapshots[step + 1](model)
+            snapshot_s += time.perf_counter() - t0
         if step % 25 == 0:
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
         bar.update()
     bar.close()
-    train_s = time.perf_counter() - start
+    train_s = time.perf_counter() - start - snapshot_s
     if len(losses) != steps:
         raise RuntimeError(f"batch source yielded {len(losses)} batches, expected {steps}")
     tail = losses[-max(1, steps // 10):]
     final = float(np.mean(tail))
     log.info("trained %s in %.1fs: final loss %.4f nats/token", desc, train_s, final)
     model.eval()
-    return TrainResult(n, steps * tokens_per_step, steps, final, train_s, tuple(losses))
+    return TrainResult(n, steps * tokens_per_step, steps, final, train_s, tuple(losses), snapshot_s)

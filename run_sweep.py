@@ -9,6 +9,11 @@ Comma lists of quantization axes run inside one job per model (load once, quanti
 models are spread over workers by the launcher (hydra/launcher=joblib|submitit_local|
 submitit_slurm). Rows go to ``results_dir/<name>/rows/*.jsonl``; re-running resumes. See
 conf/sweep.yaml for every key and hydra_plugins/kscale_sweeper for the grouping.
+
+    python run_sweep.py experiment=dettmers2022 plan=true   # what it would cost; runs nothing
+
+``plan=true`` validates everything and prints jobs, cells (to run / finished), tokens, FLOPs,
+device-hours, memory and disk (kscale.estimate); ``plan_out=plan.json`` also writes them.
 """
 from __future__ import annotations
 
@@ -27,9 +32,14 @@ def main(cfg: DictConfig) -> object:
     from hydra.types import RunMode
 
     from kscale.config import build_plan
+    from kscale.estimate import plan_settings, report_plan
     from kscale.sweep import finish_study, run_plan
 
     plan = build_plan(cfg)
+    settings = plan_settings(cfg)
+    if settings["plan"]:  # hydra.mode=RUN (or another sweeper): estimate this job, run nothing
+        print(report_plan([plan], settings)[1])
+        return []
     summaries = run_plan(plan)
     if HydraConfig.get().mode == RunMode.RUN:  # hydra.mode=RUN: no sweeper, finish here
         print(finish_study(plan.study_dir, report=bool(cfg.get("report", True))).text())

@@ -35,12 +35,13 @@ MODEL_KEYS: tuple[str, ...] = (
     "trust_remote_code", "revision", "revisions", "revision_tokens", "provider_options",
 )
 #: Keys of the model group that describe the family for planning, not for loading.
-MODEL_INFO_KEYS: tuple[str, ...] = ("n_params", "description")
+MODEL_INFO_KEYS: tuple[str, ...] = ("n_params", "vocab_size", "description")
 #: Top-level keys of a sweep config (conf/sweep.yaml; a test keeps the two equal). A key
 #: outside this set is a typo that would otherwise be ignored while the sweep runs.
 SWEEP_KEYS: tuple[str, ...] = (
     "name", "results_dir", "data_dir", "cache_dir", *QUANT_AXES, "method_options", "rerun",
-    "progress", "report", "plan", "plan_out", "plan_device", "plan_probe", "wandb", "model", "eval",
+    "progress", "report", "plan", "plan_out", "plan_device", "plan_devices", "plan_probe", "wandb",
+    "model", "eval",
 )
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -195,7 +196,7 @@ def _check_corpora_available(corpora: Sequence[str], data_dir: Path, source: str
             raise ConfigError(f"invalid eval/calibration corpus {corpus!r}: {err}") from None
 
 
-def _model_plan(model: Mapping[str, Any]) -> tuple[list[Any], dict[str, Any]]:
+def _model_plan(model: Mapping[str, Any], *, check_hub: bool = True) -> tuple[list[Any], dict[str, Any]]:
     from kscale.models import ModelConfigError, resolve_models
     from kscale.models.placement import resolve_device, resolve_dtype
 
@@ -217,7 +218,7 @@ def _model_plan(model: Mapping[str, Any]) -> tuple[list[Any], dict[str, Any]]:
     sizes = model.get("sizes")
     provider_options = dict(kw.get("provider_options") or {})
     try:
-        specs = resolve_models(model["name"], sizes, **kw)
+        specs = resolve_models(model["name"], sizes, check_hub=check_hub, **kw)
     except ModelConfigError as err:
         raise ConfigError(f"invalid override model={model['name']} "
                           f"(model.sizes={sizes if sizes is not None else 'all'}): {err}") from None
@@ -288,14 +289,17 @@ def build_plan(cfg: Any) -> SweepPlan:
         raise ConfigError(f"invalid override {unknown[0]}: not a sweep setting (a typo?)."
                           f"{did_you_mean(unknown[0], SWEEP_KEYS)} Settings: {', '.join(SWEEP_KEYS)}")
     _check_axis_values(c)
-    axes = {axis: c[axis] for axis in QUANT_AXES if axis in c and c[axis] is not None}
+    # None is a value of blocksize (one constant per row) and exponent_bits (the type's default)
+    axes = {axis: c[axis] for axis in QUANT_AXES
+            if axis in c and (c[axis] is not None or axis in ("blocksize", "exponent_bits"))}
     method_options = _check_method_options(c)
     try:
         cells = expand_cells(axes, method_options=method_options)
     except ValueError as err:
         raise ConfigError(f"invalid grid: {err}") from None
 
-    models, provider_options = _model_plan(c.get("model"))
+    # plan=true loads nothing, so a hub checkpoint need not be reachable to be priced
+    models, provider_options = _model_plan(c.get("model"), check_hub=not c.get("plan"))
     ev = _eval_plan(cfg, c.get("eval"))
     _check_bound_eval(c["model"]["name"], ev, cells, method_options, data_dir)
     tracking = _tracking(c, name)

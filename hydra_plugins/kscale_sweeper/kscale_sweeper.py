@@ -10,9 +10,11 @@ sweeper instead
 2. takes the cartesian product of the remaining sweeps (``model=opt,pythia``, ``eval=a,b``, ...);
 3. composes and validates each combination with :func:`kscale.config.build_plan` *before*
    launching anything (an invalid override fails here: nothing loaded, nothing written);
-4. launches one job per model (family x size) with ``model.sizes=[<size>]``, skipping models whose
-   cells are all finished, so ``hydra/launcher=joblib|submitit_local|submitit_slurm`` spreads
-   models over workers;
+4. launches one job per model (family x size x revision) with ``model.sizes=[<size>]`` (and
+   ``model.revisions=[<revision>]``), skipping models whose cells are all finished, so
+   ``hydra/launcher=joblib|submitit_local|submitit_slurm`` spreads models over workers;
+   with ``plan=true`` it launches nothing: it prints what every job would cost
+   (:mod:`kscale.estimate`: cells to run and finished, tokens, FLOPs, hours, memory, disk);
 5. after the jobs: exports the merged table, writes the report (``report=true``) and prints where
    things are; then re-raises the first job failure, so the exit code means something.
 
@@ -37,11 +39,26 @@ from omegaconf import DictConfig
 
 log = logging.getLogger(__name__)
 
-#: Overrides whose comma lists stay inside a job (kscale.sweep.grid.QUANT_AXES + model.sizes).
-IN_JOB_AXES = (
-    "method", "dtype", "bits", "blocksize", "centered", "exponent_bits", "scale_bits",
-    "outlier_frac", "seed", "model.sizes",
-)
+def in_job_axes() -> "tuple[str, ...]":
+    """Overrides whose comma lists stay inside a job: the grid's axes plus the model lists
+    (``model.sizes``, ``model.revisions``), which the sweeper then splits into one job per
+    model. One definition, in :mod:`kscale.sweep.grid`; imported on first use so that Hydra's
+    plugin discovery (which imports this module for every Hydra app) stays cheap."""
+    from kscale.sweep.grid import MODEL_AXES, QUANT_AXES
+
+    return tuple(QUANT_AXES) + tuple(MODEL_AXES)
+
+
+def model_list_axes() -> "tuple[str, ...]":
+    from kscale.sweep.grid import MODEL_AXES
+
+    return tuple(MODEL_AXES)
+
+
+def __getattr__(name: str) -> Any:  # IN_JOB_AXES as a module attribute, resolved lazily
+    if name == "IN_JOB_AXES":
+        return in_job_axes()
+    raise AttributeError(name)
 
 
 @dataclass
@@ -68,6 +85,7 @@ def split_overrides(overrides: Sequence[Any]) -> "OrderedDict[str, List[str]]":
     A later override of the same key replaces an earlier one (command line over config params).
     """
     out: "OrderedDict[str, List[str]]" = OrderedDict()
+    in_job = in_job_axes()
     for o in overrides:
         key = o.get_key_element()
         bare = key.lstrip("+~")
@@ -79,7 +97,7 @@ def split_overrides(overrides: Sequence[Any]) -> "OrderedDict[str, List[str]]":
                     "give a comma list or range(...)"
                 )
             values = list(o.sweep_string_iterator())
-            if bare in IN_JOB_AXES:
+            if bare in in_job:
                 out[key] = [f"{key}=[{','.join(values)}]"]
             else:
                 out[key] = [f"{key}={v}" for v in values]
@@ -103,6 +121,7 @@ class KscaleSweeper(Sweeper):
         self.hydra_context: Optional[HydraContext] = None
         self.config: Optional[DictConfig] = None
         self.launcher = None
+        self.all_models: List[Any] = []
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
               config: DictConfig) -> None:
@@ -114,7 +133,11 @@ class KscaleSweeper(Sweeper):
             hydra_context=hydra_context, task_function=task_function, config=config)
 
     def plan_jobs(self, arguments: List[str]) -> "tuple[List[Any], Dict[str, Any]]":
-        """Compose, validate and expand: ``([(overrides, plan, model_spec), ...], {dir: plan})``."""
+        """Compose, validate and expand: ``([(overrides, plan, model_spec), ...], {dir: plan})``.
+
+        Also sets ``self.all_models``: every ``(plan, model_spec)`` of the sweep, finished or
+        not (what ``plan=true`` estimates).
+        """
         from kscale.config import ConfigError, build_plan
         from kscale.sweep import pending_models
 
@@ -127,23 +150,29 @@ class KscaleSweeper(Sweeper):
             raise HydraException("name and results_dir cannot be swept: one study per command")
         jobs = []
         plans: "OrderedDict[str, Any]" = OrderedDict()
+        self.all_models = []
+        model_lists = model_list_axes()
         for combo in itertools.product(*per_key.values()):
-            base = [o for o in combo if not o.split("=", 1)[0].lstrip("+~") == "model.sizes"]
-            sizes_override = [o for o in combo if o not in base]
-            cfg = self.hydra_context.config_loader.load_sweep_config(
-                self.config, list(base) + sizes_override)
+            base = [o for o in combo if o.split("=", 1)[0].lstrip("+~") not in model_lists]
+            lists = [o for o in combo if o not in base]
+            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(base) + lists)
             try:
                 plan = build_plan(cfg)
             except ConfigError as err:
                 raise InvalidSweepConfig(str(err)) from None
             plans.setdefault(str(plan.study_dir), plan)
-            pending = {(s.family, s.size) for s in pending_models(plan)}
+            has_revisions = "revisions" in (cfg.get("model") or {})
+            pending = set(pending_models(plan))
             for spec in plan.models:
-                if (spec.family, spec.size) not in pending:
-                    log.info("%s-%s: every cell is finished (rerun=true to redo); no job",
-                             spec.family, spec.size)
+                self.all_models.append((plan, spec))
+                if spec not in pending:
+                    log.info("%s: every cell is finished (rerun=true to redo); no job", _job_label(spec))
                     continue
-                jobs.append((list(base) + [f"model.sizes=[{_quote(spec.size)}]"], plan, spec))
+                overrides = list(base) + [f"model.sizes=[{_quote(spec.size)}]"]
+                revision = getattr(spec, "revision", None)
+                if has_revisions and revision is not None:
+                    overrides.append(f"model.revisions=[{_quote(revision)}]")
+                jobs.append((overrides, plan, spec))
         return jobs, plans
 
     def sweep(self, arguments: List[str]) -> Any:
@@ -151,6 +180,13 @@ class KscaleSweeper(Sweeper):
 
         assert self.launcher is not None and self.config is not None
         jobs, plans = self.plan_jobs(arguments)
+        settings = _plan_settings(self.config)
+        if settings["plan"]:  # estimate only: nothing launched, loaded or written
+            from kscale.estimate import report_plan
+
+            _, text = report_plan(list(plans.values()), settings, models=self.all_models)
+            print(text, flush=True)  # noqa: T201 - the CLI's output
+            return []
         if not jobs:
             log.info("nothing to run: every cell of this sweep is finished")
         batch_size = self.max_batch_size or max(len(jobs), 1)
@@ -159,7 +195,7 @@ class KscaleSweeper(Sweeper):
         for start in range(0, len(jobs), batch_size):
             batch = [overrides for overrides, _, _ in jobs[start:start + batch_size]]
             log.info("launching %d job(s): %s", len(batch),
-                     ", ".join(f"{s.family}-{s.size}" for _, _, s in jobs[start:start + batch_size]))
+                     ", ".join(_job_label(s) for _, _, s in jobs[start:start + batch_size]))
             results = self.launcher.launch(batch, initial_job_idx=start)
             for r in results:
                 try:
@@ -174,3 +210,22 @@ class KscaleSweeper(Sweeper):
         if first_failure is not None:
             raise first_failure
         return returns
+
+
+def _job_label(spec: Any) -> str:
+    revision = getattr(spec, "revision", None)
+    return f"{spec.family}-{spec.size}" + (f"@{revision}" if revision else "")
+
+
+def _plan_settings(config: DictConfig) -> Dict[str, Any]:
+    """``plan``, ``plan_out``, ``plan_device``, ``plan_probe``, ``plan_devices`` (defaults if absent)."""
+    from omegaconf import OmegaConf
+
+    from kscale.estimate import plan_settings
+
+    keys = ("plan", "plan_out", "plan_device", "plan_probe", "plan_devices")
+    values = {}
+    for k in keys:
+        v = OmegaConf.select(config, k, default=None)
+        values[k] = OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+    return plan_settings({k: v for k, v in values.items() if v is not None})

@@ -234,7 +234,8 @@ FAMILIES.register("gpt2", ModelFamily(
 # BLOOM uses ALiBi (no learned positions); GPTQ's bloom.py evaluates it at seqlen 2048.
 FAMILIES.register("bloom", ModelFamily(
     name="bloom",
-    sizes={s: f"bigscience/bloom-{s}" for s in ("560m", "1b1", "1b7", "3b", "7b1")},
+    sizes={**{s: f"bigscience/bloom-{s}" for s in ("560m", "1b1", "1b7", "3b", "7b1")},
+           "176b": "bigscience/bloom"},
     module_filter=_filter("transformer.h.*"),
     seqlen=2048,
     outlier_pairs=(

@@ -244,6 +244,7 @@ def resolve_models(
     provider_options: Mapping[str, Any] | None = None,
     revisions: Sequence[str | None] | str | None = None,
     revision_tokens: Mapping[str, int] | None = None,
+    check_hub: bool = True,
 ) -> list[ModelSpec]:
     """Validate a family/sizes selection and return one :class:`ModelSpec` per (size, revision)
     (no loading), size-major: every revision of the first size, then the next size.
@@ -327,7 +328,7 @@ def resolve_models(
             if local is None and provider is not None:
                 opts = dict(provider_options or {})
                 local = Path(provider.locate(size, opts) if rev is None else provider.locate(size, opts, rev))
-            elif local is None and not _in_hf_cache(checkpoint, rev):
+            elif local is None and check_hub and not _in_hf_cache(checkpoint, rev):
                 why = ("the hub is disabled (HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE is set)" if _hub_disabled()
                        else _hub_unreachable_reason())
                 if why:

@@ -448,6 +448,8 @@ class AWQ(QuantMethod):
     config_class = AWQConfig
     needs_calibration = True
     seed_matters = True
+    # one 16-bit pass over the windows; the alpha search works on d_in x d_in Gram matrices
+    calibration_passes = 1.0
     description = "activation-aware weight quantization with calibration windows (Lin et al. 2023)"
 
     def quantize(self, model, spec, config, *, module_filter=None, calibration=None,

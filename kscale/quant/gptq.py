@@ -561,6 +561,9 @@ class GPTQ(QuantMethod):
     config_class = GPTQConfig
     needs_calibration = True
     seed_matters = True
+    # opt_sequential runs each block twice (Hessian hooks, then the quantized block's outputs for
+    # the next), and H = 2 X X^T costs ~1.75 block multiply-adds per token
+    calibration_passes = 3.75
     description = "GPTQ with calibration windows (Frantar et al. 2023)"
 
     def quantize(self, model, spec, config, *, module_filter=None, calibration=None,

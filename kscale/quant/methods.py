@@ -120,6 +120,8 @@ class QuantMethod:
     config_class: ClassVar[type[MethodConfig]] = NoOptions
     needs_calibration: ClassVar[bool] = False
     seed_matters: ClassVar[bool] = False
+    #: forward-pass equivalents per calibration token (for ``plan=true`` cost estimates)
+    calibration_passes: ClassVar[float] = 0.0
     description: ClassVar[str] = ""
 
     def configure(self, options: Mapping[str, Any] | None = None, *, seed: int = 0,

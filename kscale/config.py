@@ -180,20 +180,25 @@ def _check_bound_eval(family_name: str, ev: EvalPlan, cells: Sequence[Any],
         raise ConfigError(
             f"invalid combination model={family_name} with zero-shot tasks {', '.join(tasks)}: they "
             f"are English text and the {family_name} tokenizer only speaks the {own!r} language")
-    _check_corpora_available([c for _, c in used if c != own], data_dir, ev.source)
+    _check_data_available(ev, [c for what, c in used if what.startswith("method_options") and c != own],
+                          data_dir)
 
 
-def _check_corpora_available(corpora: Sequence[str], data_dir: Path, source: str) -> None:
-    """Fail fast when an eval or calibration corpus is neither on disk nor reachable."""
+def _check_data_available(ev: EvalPlan, calibration_corpora: Sequence[str], data_dir: Path) -> None:
+    """Fail fast when an eval corpus, task or calibration text is neither on disk nor reachable
+    (offline, one clear error instead of minutes of hub retries inside a job)."""
+    from kscale.data import check_available
+    from kscale.evaluate import check_eval_data
+
     try:
-        from kscale.data.corpus import check_available
-    except ImportError:  # pragma: no cover - older data package
-        return
-    for corpus in dict.fromkeys(corpora):
+        check_eval_data(ev.specs, data_dir, ev.source)
+    except ValueError as err:
+        raise ConfigError(f"invalid eval={ev.name}: {err}") from None
+    for corpus in dict.fromkeys(calibration_corpora):
         try:
-            check_available(corpus, data_dir=data_dir, source=source)
+            check_available(corpus, data_dir=data_dir, source="auto")
         except ValueError as err:
-            raise ConfigError(f"invalid eval/calibration corpus {corpus!r}: {err}") from None
+            raise ConfigError(f"invalid calibration corpus {corpus!r}: {err}") from None
 
 
 def _model_plan(model: Mapping[str, Any], *, check_hub: bool = True) -> tuple[list[Any], dict[str, Any]]:

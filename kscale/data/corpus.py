@@ -83,21 +83,39 @@ def hub_offline() -> bool:
     )
 
 
-def load_hub_rows(name: str, path: str, config: str | None, split: str, field: str, **kw: Any) -> list[str]:
-    """``datasets.load_dataset(path, config, split=split)[field]`` with a clear offline error."""
+def hub_unavailable_reason() -> str | None:
+    """Why the hub cannot serve data right now (disabled by the environment, or unreachable: one
+    3 s TCP probe per process), or None. Checked before ``datasets.load_dataset``, whose retries
+    would otherwise spend minutes on an offline machine before failing."""
     if hub_offline():
-        raise DataError(
-            f"corpus {name!r} needs the Hugging Face hub dataset {path!r} ({config}, split {split!r}), "
-            "but the hub is disabled (HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set). "
-            "Use source='local' with a data_dir that holds the files, or go online."
-        )
+        return "the hub is disabled (HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set)"
+    from kscale.models.loading import _hub_unreachable_reason
+
+    return _hub_unreachable_reason()
+
+
+def hub_error(what: str, local: Path | str | None, why: str) -> DataError:
+    where = f"not on disk (looked for {local})" if local is not None else "has no local copy"
+    return DataError(
+        f"{what} is {where} and {why}. Put the file there (set data_dir or $KSCALE_DATA_DIR to the "
+        "folder holding the shared data), pass path=, or go online."
+    )
+
+
+def load_hub_rows(name: str, path: str, config: str | None, split: str, field: str, *,
+                  local: Path | str | None = None, kind: str = "corpus", **kw: Any) -> list[str]:
+    """``datasets.load_dataset(path, config, split=split)[field]``, failing fast (with the local
+    path that was looked for) when the hub is disabled or unreachable."""
+    why = hub_unavailable_reason()
+    if why:
+        raise hub_error(f"{kind} {name!r} (hub dataset {path!r}, {config}, split {split!r})", local, why)
     import datasets  # local import: slow, and only needed online
 
     try:
         ds = datasets.load_dataset(path, config, split=split, **kw)
     except Exception as exc:  # network, missing config: re-raise with what was looked for
         raise DataError(
-            f"could not load corpus {name!r} from the hub ({path!r}, {config!r}, split {split!r}): {exc}"
+            f"could not load {kind} {name!r} from the hub ({path!r}, {config!r}, split {split!r}): {exc}"
         ) from exc
     return list(ds[field])
 
@@ -108,6 +126,64 @@ def resolve_local(name: str, data_dir: Path | str | None, relative: str, path: s
 
     candidate = Path(path).expanduser() if path else Path(data_dir or default_data_dir()) / relative
     return candidate
+
+
+@dataclass(frozen=True)
+class CorpusFiles:
+    """Where a corpus lives, for loaders and for :func:`check_available` (which must not load it).
+
+    Attributes:
+        local: ``split -> path`` relative to ``data_dir`` (None: no local copy in the shared data).
+        hub: whether a Hugging Face hub version exists.
+        needs_path: the corpus is a user file (``text``): ``path=`` is required.
+    """
+
+    local: Callable[[str], str] | None
+    hub: bool
+    needs_path: bool = False
+
+
+#: corpora read from files; a corpus registered in :data:`CORPORA` but not here is generated (``toy``)
+CORPUS_FILES: Registry[CorpusFiles] = Registry("corpus files")
+CORPUS_FILES.register("wikitext2", CorpusFiles(lambda split: f"wikitext-2-raw/wiki.{split}.raw", hub=True))
+CORPUS_FILES.register("ptb", CorpusFiles(
+    lambda split: f"ptb/ptb.{ {'validation': 'valid'}.get(split, split)}.txt", hub=True))
+CORPUS_FILES.register("c4", CorpusFiles(lambda split: "c4/c4-validation.00000-of-00008.json.gz", hub=True))
+CORPUS_FILES.register("text", CorpusFiles(None, hub=False, needs_path=True))
+
+
+def check_available(name: str, data_dir: Path | str | None = None, source: str = "auto", *,
+                    split: str = "test", path: str | os.PathLike | None = None) -> None:
+    """Raise :class:`DataError` (a ``ValueError``) unless corpus ``name`` can be loaded with these
+    settings. Reads nothing but file metadata (and, only when the local file is missing and the
+    hub would be needed, makes one 3 s reachability probe), so it suits config-time validation."""
+    check_source(source)
+    _ensure_plugins(name)
+    CORPORA.get(name)  # unknown -> did-you-mean error
+    if name not in CORPUS_FILES:
+        return  # generated, not read (toy)
+    files = CORPUS_FILES.get(name)
+    if path is not None:
+        if not Path(path).expanduser().exists():
+            raise DataError(f"corpus {name!r}: file not found at {Path(path).expanduser()} (path=)")
+        return
+    if files.needs_path:
+        raise DataError(f"corpus {name!r} needs path= (a local UTF-8 text or .jsonl file); got path=None")
+    local = resolve_local(name, data_dir, files.local(split), None) if files.local else None
+    if source != "hub" and local is not None and local.exists():
+        return
+    if source == "local":
+        raise DataError(f"corpus {name!r}: local file not found at {local} (source='local'); set data_dir "
+                        "(or $KSCALE_DATA_DIR) to the folder holding the shared data, or pass path=")
+    if not files.hub:
+        raise DataError(f"corpus {name!r} has no hub version and no local file at {local}")
+    why = hub_unavailable_reason()
+    if why:
+        raise hub_error(f"corpus {name!r}", local, why)
+
+
+def _local_of(name: str, data_dir, split: str, path) -> Path:
+    return resolve_local(name, data_dir, CORPUS_FILES.get(name).local(split), path)
 
 
 def _choose(name: str, source: str, local: Path, hub_ok: bool) -> str:
@@ -169,12 +245,12 @@ def rows_to_documents(rows: Sequence[str]) -> list[str]:
 @CORPORA.register("wikitext2")
 def load_wikitext2(*, data_dir=None, split: str = "test", source: str = "auto", path=None, **_: Any) -> TextCorpus:
     """WikiText-2 raw (``wikitext-2-raw-v1``). Locally only the test split exists."""
-    local = resolve_local("wikitext2", data_dir, f"wikitext-2-raw/wiki.{split}.raw", path)
+    local = _local_of("wikitext2", data_dir, split, path)
     if _choose("wikitext2", source, local, hub_ok=True) == "local":
         text = local.read_text(encoding="utf-8")
         return TextCorpus("wikitext2", tuple(wikitext_rows_from_raw(text)),
                           tuple(wikitext_documents_from_raw(text)), str(local))
-    rows = load_hub_rows("wikitext2", "wikitext", "wikitext-2-raw-v1", split, "text")
+    rows = load_hub_rows("wikitext2", "wikitext", "wikitext-2-raw-v1", split, "text", local=local)
     return TextCorpus("wikitext2", tuple(rows), tuple(rows_to_documents(rows)), "hub:wikitext-2-raw-v1")
 
 
@@ -188,13 +264,12 @@ def load_ptb(*, data_dir=None, split: str = "test", source: str = "auto", path=N
     them (`` no it was n't ...  \\n``). Rows here match the hub: ``line.strip()``. The rolling
     protocol treats the whole split as one document.
     """
-    split_name = {"validation": "valid"}.get(split, split)
-    local = resolve_local("ptb", data_dir, f"ptb/ptb.{split_name}.txt", path)
+    local = _local_of("ptb", data_dir, split, path)
     if _choose("ptb", source, local, hub_ok=True) == "local":
         rows = [line.strip() for line in local.read_text(encoding="utf-8").splitlines()]
         src = str(local)
     else:
-        rows = load_hub_rows("ptb", "ptb_text_only", "penn_treebank", split, "sentence")
+        rows = load_hub_rows("ptb", "ptb_text_only", "penn_treebank", split, "sentence", local=local)
         src = "hub:ptb_text_only"
     return TextCorpus("ptb", tuple(rows), ("\n".join(rows),), src)
 
@@ -205,18 +280,32 @@ def load_ptb(*, data_dir=None, split: str = "test", source: str = "auto", path=N
 def load_c4(*, data_dir=None, split: str = "validation", source: str = "auto", path=None,
             n_documents: int = 1100, **_: Any) -> TextCorpus:
     """C4 validation, GPTQ's "new eval" slice: the first ``n_documents`` documents of
-    ``en/c4-validation.00000-of-00008.json.gz`` (``datautils.get_c4_new``). Hub only unless
-    ``path`` points at a local text/JSONL file."""
+    ``en/c4-validation.00000-of-00008.json.gz`` (``datautils.get_c4_new``), read from
+    ``data_dir/c4/`` when that file is there (not part of the shared data), else from the hub;
+    ``path`` may point at any local text/JSONL file instead."""
     if path is not None:
         return load_text(data_dir=data_dir, source="local", path=path, name="c4")
-    if source == "local":
-        raise DataError("corpus 'c4' has no local copy in the shared data; use source='hub' or pass path=")
-    rows = load_hub_rows(
-        "c4", "allenai/c4", None, "validation", "text",
-        data_files={"validation": "en/c4-validation.00000-of-00008.json.gz"},
-    )[:n_documents]
+    local = _local_of("c4", data_dir, "validation", None)
+    if _choose("c4", source, local, hub_ok=True) == "local":
+        import gzip
+        import json
+
+        rows = []
+        with gzip.open(local, "rt", encoding="utf-8") as fh:
+            for line in fh:
+                if len(rows) >= n_documents:
+                    break
+                if line.strip():
+                    rows.append(json.loads(line)["text"])
+        src = str(local)
+    else:
+        rows = load_hub_rows(
+            "c4", "allenai/c4", None, "validation", "text", local=local,
+            data_files={"validation": "en/c4-validation.00000-of-00008.json.gz"},
+        )[:n_documents]
+        src = "hub:allenai/c4"
     # GPTQ joins C4 documents with a space; keep them as separate documents for rolling.
-    return TextCorpus("c4", tuple(rows), tuple(rows), "hub:allenai/c4")
+    return TextCorpus("c4", tuple(rows), tuple(rows), src)
 
 
 # ------------------------------------------------------------------ any local text file

@@ -14,7 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kscale.data.corpus import DataError, _choose, load_hub_rows, resolve_local
+from kscale.data.corpus import (
+    DataError,
+    _choose,
+    check_source,
+    hub_error,
+    hub_unavailable_reason,
+    load_hub_rows,
+    resolve_local,
+)
 from kscale.registry import Registry
 
 
@@ -61,6 +69,34 @@ class WinoGrandeDoc:
 # loader(*, data_dir=None, source="auto", path=None) -> tuple[record, ...]
 TASK_DATA: Registry[Callable[..., tuple]] = Registry("zero-shot task data")
 
+#: each task's local file, relative to ``data_dir`` (all four also exist on the hub)
+TASK_FILES: dict[str, str] = {
+    "lambada": "lambada/lambada_test.jsonl",
+    "piqa": "piqa/valid.jsonl",
+    "hellaswag": "hellaswag/hellaswag_val_full.txt.bz2",
+    "winogrande": "winogrande/dev.jsonl",
+}
+
+
+def _local(name: str, data_dir, path) -> Path:
+    return resolve_local(name, data_dir, TASK_FILES[name], path)
+
+
+def check_task_available(name: str, data_dir: Path | str | None = None, source: str = "auto") -> None:
+    """Raise :class:`DataError` unless task ``name``'s records can be loaded: the local file
+    exists, or the hub is allowed and reachable. Loads nothing (config-time check)."""
+    check_source(source)
+    TASK_DATA.get(name)
+    local = _local(name, data_dir, None)
+    if source != "hub" and local.exists():
+        return
+    if source == "local":
+        raise DataError(f"task {name!r}: local file not found at {local} (source='local'); set data_dir "
+                        "(or $KSCALE_DATA_DIR) to the folder holding the shared data")
+    why = hub_unavailable_reason()
+    if why:
+        raise hub_error(f"task {name!r}", local, why)
+
 
 def _read_lines(file: Path) -> list[str]:
     opener = bz2.open if file.suffix == ".bz2" else open
@@ -90,12 +126,13 @@ def _nonempty(name: str, records: list, where: str) -> tuple:
 @TASK_DATA.register("lambada")
 def load_lambada(*, data_dir=None, source: str = "auto", path=None) -> tuple[LambadaDoc, ...]:
     """LAMBADA test, OpenAI's detokenized version: 5153 passages."""
-    local = resolve_local("lambada", data_dir, "lambada/lambada_test.jsonl", path)
+    local = _local("lambada", data_dir, path)
     if _choose("lambada", source, local, hub_ok=True) == "local":
         texts = [rec["text"] for rec in _jsonl(local)]
         where = str(local)
     else:
-        texts = load_hub_rows("lambada", "EleutherAI/lambada_openai", "default", "test", "text")
+        texts = load_hub_rows("lambada", "EleutherAI/lambada_openai", "default", "test", "text", local=local,
+                              kind="task")
         where = "hub:EleutherAI/lambada_openai"
     return _nonempty("lambada", [LambadaDoc(t) for t in texts], where)
 
@@ -103,15 +140,13 @@ def load_lambada(*, data_dir=None, source: str = "auto", path=None) -> tuple[Lam
 @TASK_DATA.register("piqa")
 def load_piqa(*, data_dir=None, source: str = "auto", path=None) -> tuple[PiqaDoc, ...]:
     """PIQA validation: 1838 goals with two solutions and a label file."""
-    local = resolve_local("piqa", data_dir, "piqa/valid.jsonl", path)
+    local = _local("piqa", data_dir, path)
     if _choose("piqa", source, local, hub_ok=True) == "local":
         recs = _jsonl(local)
         labels = _labels(local.with_name(local.name.replace(".jsonl", "-labels.lst")), len(recs))
         docs = [PiqaDoc(r["goal"], r["sol1"], r["sol2"], lab) for r, lab in zip(recs, labels)]
         return _nonempty("piqa", docs, str(local))
-    import datasets
-
-    ds = _hub("piqa", lambda: datasets.load_dataset("baber/piqa", split="validation"))
+    ds = _hub("piqa", local, lambda datasets: datasets.load_dataset("baber/piqa", split="validation"))
     return _nonempty("piqa", [PiqaDoc(r["goal"], r["sol1"], r["sol2"], int(r["label"])) for r in ds], "hub")
 
 
@@ -125,7 +160,7 @@ def hellaswag_preprocess(text: str) -> str:
 @TASK_DATA.register("hellaswag")
 def load_hellaswag(*, data_dir=None, source: str = "auto", path=None) -> tuple[HellaSwagDoc, ...]:
     """HellaSwag validation: 10042 tasks, 6 lines each in the local file (query, label, 4 endings)."""
-    local = resolve_local("hellaswag", data_dir, "hellaswag/hellaswag_val_full.txt.bz2", path)
+    local = _local("hellaswag", data_dir, path)
     if _choose("hellaswag", source, local, hub_ok=True) == "local":
         lines = _read_lines(local)
         if len(lines) % 6:
@@ -135,9 +170,7 @@ def load_hellaswag(*, data_dir=None, source: str = "auto", path=None) -> tuple[H
             for i in range(0, len(lines), 6)
         ]
         return _nonempty("hellaswag", docs, str(local))
-    import datasets
-
-    ds = _hub("hellaswag", lambda: datasets.load_dataset("Rowan/hellaswag", split="validation"))
+    ds = _hub("hellaswag", local, lambda datasets: datasets.load_dataset("Rowan/hellaswag", split="validation"))
     docs = [
         HellaSwagDoc(
             hellaswag_preprocess(r["activity_label"] + ": " + r["ctx_a"] + " " + r["ctx_b"].capitalize()),
@@ -152,28 +185,27 @@ def load_hellaswag(*, data_dir=None, source: str = "auto", path=None) -> tuple[H
 @TASK_DATA.register("winogrande")
 def load_winogrande(*, data_dir=None, source: str = "auto", path=None) -> tuple[WinoGrandeDoc, ...]:
     """WinoGrande 1.1 dev (``winogrande_xl`` validation): 1267 sentences with a ``_`` blank."""
-    local = resolve_local("winogrande", data_dir, "winogrande/dev.jsonl", path)
+    local = _local("winogrande", data_dir, path)
     if _choose("winogrande", source, local, hub_ok=True) == "local":
         recs = _jsonl(local)
         where = str(local)
     else:
-        import datasets
-
-        recs = list(_hub("winogrande", lambda: datasets.load_dataset(
+        recs = list(_hub("winogrande", local, lambda datasets: datasets.load_dataset(
             "allenai/winogrande", "winogrande_xl", split="validation")))
         where = "hub"
     docs = [WinoGrandeDoc(r["sentence"], r["option1"], r["option2"], int(r["answer"])) for r in recs]
     return _nonempty("winogrande", docs, where)
 
 
-def _hub(name: str, fetch: Callable[[], Any]) -> Any:
-    from kscale.data.corpus import hub_offline
+def _hub(name: str, local: Path, fetch: Callable[[Any], Any]) -> Any:
+    """``fetch(datasets)``, after a fast check that the hub can answer at all."""
+    why = hub_unavailable_reason()
+    if why:
+        raise hub_error(f"task {name!r}", local, why)
+    import datasets  # slow import, only once the hub is known to be usable
 
-    if hub_offline():
-        raise DataError(f"task {name!r} needs the Hugging Face hub, but the hub is disabled (HF_HUB_OFFLINE); "
-                        "use source='local' with data_dir pointing at the shared data")
     try:
-        return fetch()
+        return fetch(datasets)
     except Exception as exc:
         raise DataError(f"could not load task {name!r} from the hub: {exc}") from exc
 

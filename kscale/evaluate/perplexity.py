@@ -19,7 +19,6 @@ BOS handling (recorded in the identity string):
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import logging
 import math
@@ -30,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kscale.evaluate.batching import ForwardStats, _accepts, forward_scored, model_device  # noqa: F401
 from kscale.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -302,55 +302,38 @@ def tokenize_corpus(tokenizer, corpus, protocol: Protocol, *, cache_dir: Path | 
 
 # -------------------------------------------------------------------- scoring
 
-def model_device(model):
-    import torch
-
-    try:
-        return next(model.parameters()).device
-    except StopIteration:  # pragma: no cover
-        return torch.device("cpu")
-
-
-def _accepts(model, arg: str) -> bool:
-    try:
-        return arg in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):  # pragma: no cover
-        return False
+def doc_limit(stream: TokenStream, max_docs: int | None) -> TokenStream:
+    """The first ``max_docs`` documents of ``stream`` (lm-eval's ``limit`` for a rolling task)."""
+    if max_docs is None or max_docs >= stream.n_docs:
+        return stream
+    end = int(stream.doc_starts[max_docs])
+    return TokenStream(stream.ids[:end], stream.token_bytes[:end], stream.doc_starts[: max_docs + 1],
+                       stream.doc_words[:max_docs], stream.doc_bytes[:max_docs])
 
 
-def forward_scored(model, windows: Sequence[Window], *, device=None, batch_size: int = 1,
-                   progress: bool = False, desc: str = "eval"):
-    """Yield ``(index, logits[n_pred, V] float32, targets[n_pred])`` for each window, in order.
+def loglikelihood_rolling(model, documents: Sequence[Sequence[int]], *, max_length: int, prefix_token: int,
+                          device=None, batch_size=1, progress: bool = False,
+                          stats: ForwardStats | None = None) -> list[float]:
+    """lm-eval ``loglikelihood_rolling``: per document, the summed log-likelihood of every token.
 
-    Consecutive windows of equal length are batched (``batch_size``); the LM head computes only
-    the scored positions when the model supports ``logits_to_keep``. No KV cache, no grad.
+    ``documents`` are token ids (encoded without special tokens); ``max_length`` is the window
+    (lm-eval's ``max_length``: the model's context); ``prefix_token`` is lm-eval's
+    ``prefix_token_id`` (BOS, else EOS). Windows of all documents are batched together.
     """
     import torch
-    from tqdm.auto import tqdm
 
-    device = device or model_device(model)
-    keep = _accepts(model, "logits_to_keep")
-    cache_kw = {"use_cache": False} if _accepts(model, "use_cache") else {}
-    bar = tqdm(total=len(windows), desc=desc, disable=not progress, leave=False)
-    i = 0
-    with torch.inference_mode():
-        while i < len(windows):
-            j = i + 1
-            while (j < len(windows) and j - i < batch_size and len(windows[j].ids) == len(windows[i].ids)
-                   and windows[j].n_pred == windows[i].n_pred):
-                j += 1
-            batch = torch.as_tensor(np.stack([w.ids for w in windows[i:j]]), dtype=torch.long, device=device)
-            n_pred = windows[i].n_pred
-            kw = dict(cache_kw)
-            if keep:
-                kw["logits_to_keep"] = n_pred
-            logits = model(input_ids=batch[:, :-1], **kw).logits[:, -n_pred:, :]
-            targets = batch[:, -n_pred:]
-            for b in range(j - i):
-                yield i + b, logits[b].float(), targets[b]
-            bar.update(j - i)
-            i = j
-    bar.close()
+    lens = [len(d) for d in documents]
+    starts = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+    ids = np.concatenate([np.asarray(d, dtype=np.int64) for d in documents]) if documents else np.zeros(0, np.int64)
+    k = len(documents)
+    stream = TokenStream(ids, np.ones(len(ids)), starts, np.ones(k, np.int64), np.ones(k, np.int64))
+    windows = rolling_windows(stream, max_length, None, prefix_token)
+    out = [0.0] * k
+    for i, logits, targets in forward_scored(model, windows, device=device, batch_size=batch_size,
+                                             progress=progress, desc="rolling", stats=stats):
+        nll = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+        out[windows[i].doc] -= float(nll.double().sum())
+    return out
 
 
 @dataclass

@@ -1,11 +1,16 @@
 """Frozen evaluation specs and the pure ``dict -> specs`` conversion of a ``conf/eval`` group."""
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Union
 
 from kscale.registry import did_you_mean
+
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+#: identity keys the suite writes itself; no spec may be named so
+_RESERVED = ("source", "batch_size", "max_length")
 
 
 @dataclass(frozen=True)
@@ -24,6 +29,10 @@ class PerplexitySpec:
         kl_max_tokens: the reference keeps full log-probabilities (fp16) for this many scored
             tokens (memory: tokens x vocab x 2 bytes); top-1 agreement uses all scored tokens.
         split, path: corpus split and optional local file (``text`` corpus).
+        max_docs: ``rolling`` only: score only the first ``max_docs`` documents (lm-eval's
+            ``limit``), applied before ``max_tokens``. None = all.
+        name: metric suffix (``ppl_<name>``) and identity key (``eval_<name>``); None = ``dataset``.
+            Needed when one dataset is measured twice (e.g. ``gptq`` at 2048 and at 512).
     """
 
     dataset: str
@@ -36,12 +45,14 @@ class PerplexitySpec:
     kl_max_tokens: int = 4096
     split: str = "test"
     path: str | None = None
+    max_docs: int | None = None
+    name: str | None = None
 
     def __post_init__(self) -> None:
         from kscale.evaluate.perplexity import PROTOCOLS
 
-        PROTOCOLS.get(self.protocol)  # unknown -> did-you-mean error
-        for name in ("seqlen", "stride", "max_tokens", "max_windows"):
+        proto = PROTOCOLS.get(self.protocol)  # unknown -> did-you-mean error
+        for name in ("seqlen", "stride", "max_tokens", "max_windows", "max_docs"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ValueError(f"perplexity {name} must be a positive int or null; got {value!r}")
@@ -52,6 +63,17 @@ class PerplexitySpec:
                              f"with protocol {self.protocol!r}")
         if self.kl_max_tokens < 0:
             raise ValueError(f"kl_max_tokens must be >= 0; got {self.kl_max_tokens}")
+        if self.max_docs is not None and proto.level != "document":
+            raise ValueError(f"max_docs applies to document-level protocols (rolling) only; got "
+                             f"max_docs={self.max_docs} with protocol {self.protocol!r} (use max_tokens)")
+        if self.name is not None and not _NAME.fullmatch(str(self.name)):
+            raise ValueError(f"perplexity name must match {_NAME.pattern} (it becomes a column suffix); "
+                             f"got {self.name!r}")
+
+    @property
+    def key(self) -> str:
+        """Metric suffix and identity key: ``name`` if set, else ``dataset``."""
+        return self.name or self.dataset
 
 
 @dataclass(frozen=True)
@@ -60,6 +82,10 @@ class ZeroShotSpec:
 
     task: str
     limit: int | None = None
+
+    @property
+    def key(self) -> str:
+        return self.task
 
     def __post_init__(self) -> None:
         from kscale.evaluate.zeroshot import TASKS
@@ -110,9 +136,37 @@ def eval_specs_from_config(d: Mapping[str, Any]) -> list[EvalTaskSpec]:
         specs.append(_build(PerplexitySpec, entry, f"eval perplexity[{i}]", defaults))
     for i, entry in enumerate(d.get("zeroshot") or []):
         specs.append(_build(ZeroShotSpec, entry, f"eval zeroshot[{i}]", {}))
-    names = [s.dataset if isinstance(s, PerplexitySpec) else s.task for s in specs]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise ValueError(f"eval config: each dataset/task may appear once (metric keys are "
-                         f"'{{metric}}_{{dataset}}'); repeated: {dupes}")
+    check_distinct(specs)
     return specs
+
+
+def check_distinct(specs) -> None:
+    """Metric columns are ``{metric}_{key}`` (key = a perplexity spec's ``name`` or dataset, or
+    the task): two specs with one key would overwrite each other's columns, so reject them."""
+    keys = [s.key for s in specs]
+    dupes = sorted({k for k in keys if keys.count(k) > 1})
+    if dupes:
+        raise ValueError(
+            f"eval config: metric keys are '{{metric}}_{{key}}' (key = the perplexity entry's name, else its "
+            f"dataset; the task for zero-shot), so each key may appear once; repeated: {dupes}. To measure one "
+            f"dataset twice, give each perplexity entry a distinct name, e.g. "
+            f"{{dataset: wikitext2, protocol: gptq, seqlen: 512, name: wikitext2_512}}"
+        )
+    reserved = sorted(set(keys) & set(_RESERVED))
+    if reserved:
+        raise ValueError(f"eval config: {reserved} cannot be used as a perplexity name (reserved identity keys "
+                         f"{', '.join(_RESERVED)})")
+
+
+def check_eval_data(specs, data_dir=None, source: str = "auto") -> None:
+    """Config-time check that every corpus and task of ``specs`` can be loaded (local file
+    present, or hub allowed and reachable); raises ``ValueError`` naming the first that cannot.
+    Loads and tokenizes nothing."""
+    from kscale.data.corpus import check_available
+    from kscale.data.tasks import check_task_available
+
+    for spec in specs:
+        if isinstance(spec, PerplexitySpec):
+            check_available(spec.dataset, data_dir, source, split=spec.split, path=spec.path)
+        else:
+            check_task_available(spec.task, data_dir, source)

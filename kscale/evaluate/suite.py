@@ -3,9 +3,11 @@
 A sweep job loads one model, quantizes it many times and evaluates each cell. The suite
 therefore does all model-independent work once: it loads and tokenizes each corpus (with a
 disk cache keyed by tokenizer, corpus and protocol), builds the windows and encodes the
-zero-shot requests; :meth:`EvalSuite.set_reference` stores the 16-bit model's next-token
-distributions once per model so every cell gets KL(p16 || pq) and top-1 agreement — cheap
-proxies for ranking cells (the paper's §3 concern is precisely which cells degrade).
+zero-shot requests. :meth:`EvalSuite.set_reference` is the 16-bit model's evaluation *and*
+the pass that stores its next-token distributions, so every later cell gets KL(p16 || pq) and
+top-1 agreement — cheap proxies for ranking cells (the paper's §3 concern is precisely which
+cells degrade). Both go through one code path (:meth:`EvalSuite._evaluate`), so the baseline
+row has exactly the columns of every quantized row.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from kscale.data.corpus import load_corpus
+from kscale.evaluate.batching import BatchSize, ForwardStats, check_batch_size, forward_scored, resolve_batch_size
 from kscale.evaluate.perplexity import (
     PROTOCOLS,
     PerplexityResult,
@@ -27,12 +30,12 @@ from kscale.evaluate.perplexity import (
     Window,
     apply_budget,
     budget_stream,
-    forward_scored,
+    doc_limit,
     scored_bytes,
     summarize_rolling,
     tokenize_corpus,
 )
-from kscale.evaluate.specs import EvalTaskSpec, PerplexitySpec, ZeroShotSpec
+from kscale.evaluate.specs import EvalTaskSpec, PerplexitySpec, ZeroShotSpec, check_distinct
 from kscale.evaluate.zeroshot import (
     TASKS,
     TaskItem,
@@ -46,16 +49,28 @@ from kscale.evaluate.zeroshot import (
 
 log = logging.getLogger(__name__)
 
+#: lm-eval's ``HFLM._DEFAULT_MAX_LENGTH``, and the "unset" sentinel of ``tokenizer.model_max_length``
+DEFAULT_MAX_LENGTH = 2048
+_TOKENIZER_UNSET = 1000000000000000019884624838656
+#: elements per [rows, V] temporary when scoring (4M floats = 16 MB)
+_CHUNK_ELEMENTS = 1 << 22
+
 
 @dataclass
 class _Prepared:
     spec: PerplexitySpec
-    seqlen: int
     stream: TokenStream
-    windows: list[Window]
-    n_bytes: float
+    seqlen: int | None = None  # None until the model's context is known (rolling, seqlen null)
+    windows: list[Window] = field(default_factory=list)
+    offsets: np.ndarray | None = None  # offsets[i] = first scored token of window i (window order)
+    n_bytes: float = 0.0
     ref_top1: np.ndarray | None = None
     ref_logp: object | None = None  # torch fp16 [kl_tokens, V]
+    ref_lse: object | None = None  # torch fp32 [kl_tokens]: logsumexp of each stored fp16 row
+
+    @property
+    def ntok(self) -> int:
+        return int(self.offsets[-1])
 
 
 @dataclass
@@ -74,6 +89,20 @@ def _bos_added(tokenizer) -> str:
     return "none"
 
 
+def max_length_of(model, tokenizer) -> int:
+    """lm-eval ``HFLM.max_length``: the model config's context, else the tokenizer's
+    ``model_max_length`` when set, else 2048."""
+    from kscale.models.loading import model_context
+
+    ctx = model_context(model)
+    if ctx is not None:
+        return ctx
+    tml = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tml, int) and 0 < tml < _TOKENIZER_UNSET:
+        return tml
+    return DEFAULT_MAX_LENGTH
+
+
 class EvalSuite:
     """Evaluate models on perplexity specs and zero-shot tasks.
 
@@ -83,20 +112,29 @@ class EvalSuite:
         data_dir: local data root (None = :func:`kscale.paths.default_data_dir`).
         cache_dir: token-stream cache root (None = no disk cache).
         device: where inputs go (None = the model's first parameter's device).
-        seqlen_default: window length for specs without ``seqlen`` (the family's ``seqlen``).
+        seqlen_default: window length for ``gptq``/``sliding`` specs without ``seqlen`` (the
+            family's). ``rolling`` specs without one use the model's context, as lm-eval does.
         source: ``auto``/``local``/``hub`` for every dataset.
-        batch_size: perplexity windows per forward pass (equal-length windows only).
+        batch_size: sequences per forward pass, or ``"auto"`` (resolved at the first
+            :meth:`run`/:meth:`set_reference`; see :attr:`batch_size_resolved`).
+        max_length: the model context used for zero-shot truncation and the default rolling
+            window; None = learned from the model (:func:`max_length_of`).
         corpus_options: extra loader keywords per corpus name, e.g. ``{"toy": provider_options}``
             so the toy corpus is generated from the same language the ladder was trained on.
+
+    After each :meth:`run`/:meth:`set_reference`, :attr:`last_tokens` is the number of (real,
+    unpadded) input tokens it forwarded and :attr:`last_forwards` the number of forward passes.
     """
 
     def __init__(self, specs: Sequence[EvalTaskSpec], tokenizer, *, data_dir=None, cache_dir=None,
-                 device=None, seqlen_default: int = 2048, source: str = "auto", batch_size: int = 1,
+                 device=None, seqlen_default: int = 2048, source: str = "auto", batch_size: int | str = 1,
+                 max_length: int | None = None,
                  corpus_options: Mapping[str, Mapping[str, Any]] | None = None) -> None:
         from kscale.data.corpus import check_source
 
         if not specs:
             raise ValueError("an EvalSuite needs at least one perplexity or zero-shot spec; got none")
+        check_distinct(specs)
         self.specs = tuple(specs)
         self.tokenizer = tokenizer
         self.data_dir = Path(data_dir) if data_dir is not None else None
@@ -104,35 +142,70 @@ class EvalSuite:
         self.device = device
         self.seqlen_default = int(seqlen_default)
         self.source = check_source(source)
-        self.batch_size = int(batch_size)
+        self.batch_size = check_batch_size(batch_size)
+        self._max_length_fixed = int(max_length) if max_length is not None else None
+        self.max_length: int | None = self._max_length_fixed
         self.corpus_options = {k: dict(v) for k, v in (corpus_options or {}).items()}
         self._ppl: list[_Prepared] | None = None
         self._tasks: list[_PreparedTask] | None = None
+        self._batch: BatchSize | None = None
         self.has_reference = False
+        self.last_tokens = 0
+        self.last_forwards = 0
+        self.last_seconds = 0.0
 
     # ------------------------------------------------------------------ identity
 
-    def _seqlen(self, spec: PerplexitySpec) -> int:
-        return spec.seqlen or self.seqlen_default
+    @property
+    def batch_size_resolved(self) -> int | None:
+        """Sequences per forward pass at the suite's longest input (None until the first pass);
+        equals ``batch_size`` when that is an int."""
+        return self._batch.size if self._batch is not None else None
 
-    def identity(self) -> dict[str, str]:
-        """``eval_<dataset|task>`` -> protocol name/version and settings, for result rows."""
+    def _seqlen(self, spec: PerplexitySpec) -> int | None:
+        if spec.seqlen is not None:
+            return spec.seqlen
+        if spec.protocol == "rolling":
+            return self.max_length
+        return self.seqlen_default
+
+    def identity(self, model=None) -> dict[str, str]:
+        """``eval_<key>`` -> protocol name/version and settings, for result rows.
+
+        A ``rolling`` spec without ``seqlen`` uses the model's context, so either pass ``model``,
+        give the suite ``max_length``, or call this after :meth:`set_reference`/:meth:`run`.
+        """
+        if model is not None:
+            self._learn_max_length(model)
         out: dict[str, str] = {}
         bos = None
         for spec in self.specs:
             if isinstance(spec, PerplexitySpec):
                 proto = PROTOCOLS.get(spec.protocol)
-                parts = [f"{proto.name}/{proto.version}", f"split={spec.split}", f"seqlen={self._seqlen(spec)}"]
+                seqlen = self._seqlen(spec)
+                if seqlen is None:
+                    raise ValueError(
+                        f"identity(): perplexity {spec.key!r} (rolling, seqlen null) uses the model's context, "
+                        "which is not known yet; call identity(model), pass max_length= to EvalSuite, or call "
+                        "identity() after set_reference()/run()"
+                    )
+                parts = [f"{proto.name}/{proto.version}", f"split={spec.split}", f"seqlen={seqlen}"]
+                if spec.seqlen is None and spec.protocol == "rolling":
+                    parts[-1] += "(model)"
                 if spec.protocol == "sliding":
-                    parts.append(f"stride={spec.stride or max(1, self._seqlen(spec) // 2)}")
+                    parts.append(f"stride={spec.stride or max(1, seqlen // 2)}")
                 parts += [f"max_tokens={spec.max_tokens}", f"max_windows={spec.max_windows}"]
+                if proto.level == "document":
+                    parts.append(f"max_docs={spec.max_docs}")
+                if spec.name is not None:
+                    parts.append(f"dataset={spec.dataset}")
                 if proto.level == "joined":
                     bos = bos or _bos_added(self.tokenizer)
                     parts.append(f"bos={bos}")
                 else:
                     parts.append(f"prefix={self.tokenizer.convert_ids_to_tokens(prefix_token_id(self.tokenizer))}")
                 parts.append(f"kl={'on' if spec.kl else 'off'}" + (f"({spec.kl_max_tokens})" if spec.kl else ""))
-                out[f"eval_{spec.dataset}"] = " ".join(parts)
+                out[f"eval_{spec.key}"] = " ".join(parts)
             else:
                 task = TASKS.get(spec.task)
                 out[f"eval_{spec.task}"] = f"{task.name}/{task.version} limit={spec.limit}"
@@ -142,7 +215,10 @@ class EvalSuite:
     # ------------------------------------------------------------------ preparation
 
     def prepare(self, progress: bool = False) -> None:
-        """Load and tokenize every dataset, build windows and encode zero-shot requests (once)."""
+        """Load and tokenize every dataset, build windows and encode zero-shot requests (once).
+
+        Windows of a ``rolling`` spec without ``seqlen`` wait for the model's context
+        (the first :meth:`run`/:meth:`set_reference`, or ``max_length=``)."""
         if self._ppl is not None:
             return
         ppl: list[_Prepared] = []
@@ -150,23 +226,14 @@ class EvalSuite:
             if not isinstance(spec, PerplexitySpec):
                 continue
             proto = PROTOCOLS.get(spec.protocol)
-            seqlen = self._seqlen(spec)
             t0 = time.perf_counter()
             corpus = load_corpus(spec.dataset, data_dir=self.data_dir, split=spec.split, source=self.source,
                                  path=spec.path, **self.corpus_options.get(spec.dataset, {}))
             stream = tokenize_corpus(self.tokenizer, corpus, proto, cache_dir=self.cache_dir)
-            stream = budget_stream(stream, proto, spec.max_tokens)
-            windows = proto.make_windows(stream, seqlen, spec.stride, prefix_token_id(self.tokenizer))
-            windows = apply_budget(windows, stream, proto, spec.max_tokens, spec.max_windows)
-            if not windows:
-                raise ValueError(
-                    f"perplexity on {spec.dataset!r} with protocol {spec.protocol!r}: no window fits; the "
-                    f"stream has {len(stream.ids)} tokens (max_tokens={spec.max_tokens}) and seqlen={seqlen} "
-                    f"(gptq needs at least seqlen tokens)"
-                )
-            log.info("%s/%s: %d tokens, %d windows (%.1f s)", spec.dataset, spec.protocol, len(stream.ids),
-                     len(windows), time.perf_counter() - t0)
-            ppl.append(_Prepared(spec, seqlen, stream, windows, scored_bytes(stream, windows, proto)))
+            stream = budget_stream(doc_limit(stream, spec.max_docs), proto, spec.max_tokens)
+            log.info("%s/%s: %d tokens, %d documents (%.1f s)", spec.dataset, spec.protocol, len(stream.ids),
+                     stream.n_docs, time.perf_counter() - t0)
+            ppl.append(_Prepared(spec, stream))
         tasks: list[_PreparedTask] = []
         for spec in self.specs:
             if isinstance(spec, ZeroShotSpec):
@@ -174,122 +241,183 @@ class EvalSuite:
                 enc = [encode_pair(self.tokenizer, r.context, r.continuation) for it in items for r in it.requests]
                 tasks.append(_PreparedTask(spec, items, enc))
         self._ppl, self._tasks = ppl, tasks
+        self._build_windows()
 
-    def _check_context(self, model) -> int | None:
+    def _build_windows(self) -> None:
+        for p in self._ppl or []:
+            seqlen = self._seqlen(p.spec)
+            if seqlen is None or (p.seqlen == seqlen and p.windows):
+                continue
+            spec, proto = p.spec, PROTOCOLS.get(p.spec.protocol)
+            windows = proto.make_windows(p.stream, seqlen, spec.stride, prefix_token_id(self.tokenizer))
+            windows = apply_budget(windows, p.stream, proto, spec.max_tokens, spec.max_windows)
+            if not windows:
+                raise ValueError(
+                    f"perplexity on {spec.dataset!r} with protocol {spec.protocol!r}: no window fits; the "
+                    f"stream has {len(p.stream.ids)} tokens (max_tokens={spec.max_tokens}) and seqlen={seqlen} "
+                    f"(gptq needs at least seqlen tokens)"
+                )
+            p.seqlen, p.windows = seqlen, windows
+            p.offsets = np.concatenate([[0], np.cumsum([w.n_pred for w in windows])]).astype(np.int64)
+            p.n_bytes = scored_bytes(p.stream, windows, proto)
+            p.ref_top1 = p.ref_logp = p.ref_lse = None
+
+    def _learn_max_length(self, model) -> None:
+        if self._max_length_fixed is not None:
+            return
+        ml = max_length_of(model, self.tokenizer)
+        if self.max_length is not None and ml != self.max_length:
+            if self.has_reference and any(p.spec.seqlen is None and p.spec.protocol == "rolling"
+                                          for p in self._ppl or []):
+                raise ValueError(f"this model's context ({ml}) differs from the reference model's "
+                                 f"({self.max_length}); rolling windows would differ. Use a new EvalSuite")
+            self._batch = None
+        self.max_length = ml
+        if self._ppl is not None:
+            self._build_windows()
+
+    def _setup(self, model) -> None:
+        """Everything that needs the model: its context (checked, and the default rolling
+        window), windows, and the resolved batch size."""
         from kscale.models.loading import model_context
 
+        self.prepare()
+        self._learn_max_length(model)
         ctx = model_context(model)
-        for p in self._ppl or []:
+        for p in self._ppl:
             if ctx is not None and p.seqlen > ctx:
                 raise ValueError(
                     f"perplexity seqlen must be <= the model's context ({ctx} positions); got seqlen={p.seqlen} "
-                    f"for {p.spec.dataset!r}"
+                    f"for {p.spec.key!r}"
                 )
-        return ctx
+        if self._batch is None:
+            longest = max([len(w.ids) - 1 for p in self._ppl for w in p.windows]
+                          + [min(len(c) + len(x), self.max_length + 1) - 1 for t in self._tasks for c, x in t.encoded]
+                          + [1])
+            self._batch = resolve_batch_size(model, self.batch_size, longest, device=self.device)
+            log.info("eval batch size: %s -> %d (longest input %d tokens)", self.batch_size, self._batch.size, longest)
 
     # ------------------------------------------------------------------ reference (16-bit)
 
     def set_reference(self, model, progress: bool = True) -> dict[str, float]:
-        """Store the (unquantized) model's next-token distributions for KL / top-1.
+        """Evaluate the (unquantized) model and keep its next-token distributions for KL / top-1.
 
         Keeps the argmax of every scored token and fp16 log-probabilities of the first
-        ``kl_max_tokens`` scored tokens per spec. Returns the model's own metrics (its KL is 0),
-        so the 16-bit row needs no second pass.
+        ``kl_max_tokens`` scored tokens per ``kl`` spec. Returns the same metrics :meth:`run`
+        returns for any later model — its KL against itself is computed like every cell's
+        (~0, from the stored fp16 copy) and its top-1 agreement is 1 — so the 16-bit row needs
+        no second pass.
         """
-        import torch
-
-        self.prepare()
-        self._check_context(model)
-        out: dict[str, float] = {}
-        for p in self._ppl:
-            if not p.spec.kl:
-                continue
-            top1, logps, kept = [], [], 0
-            nll = []
-            for _, logits, targets in forward_scored(model, p.windows, device=self.device,
-                                                     batch_size=self.batch_size, progress=progress,
-                                                     desc=f"reference {p.spec.dataset}"):
-                logp = torch.log_softmax(logits, dim=-1)
-                nll.append((-logp.gather(1, targets[:, None])[:, 0]).double().cpu().numpy())
-                top1.append(logp.argmax(-1).to(torch.int32).cpu().numpy())
-                if kept < p.spec.kl_max_tokens:
-                    take = min(p.spec.kl_max_tokens - kept, logp.shape[0])
-                    logps.append(logp[:take].clamp_min(-6e4).to(torch.float16).cpu())
-                    kept += take
-            p.ref_top1 = np.concatenate(top1)
-            p.ref_logp = torch.cat(logps) if logps else None
-            res = self._result(p, np.concatenate(nll))
-            out.update(self._ppl_metrics(p, res))
-            out[f"kl_{p.spec.dataset}"] = 0.0
-            out[f"top1_{p.spec.dataset}"] = 1.0
+        self.clear_reference()
+        out = self._evaluate(model, progress, reference=True)
         self.has_reference = True
         return out
 
     def clear_reference(self) -> None:
         for p in self._ppl or []:
-            p.ref_top1 = p.ref_logp = None
+            p.ref_top1 = p.ref_logp = p.ref_lse = None
         self.has_reference = False
 
     # ------------------------------------------------------------------ run
 
-    def _result(self, p: _Prepared, nll: np.ndarray) -> PerplexityResult:
-        res = PerplexityResult(nll, p.n_bytes, len(p.windows))
-        if PROTOCOLS.get(p.spec.protocol).level == "document":
-            summarize_rolling(res, p.stream, p.windows)
-        return res
-
-    @staticmethod
-    def _ppl_metrics(p: _Prepared, res: PerplexityResult) -> dict[str, float]:
-        ds = p.spec.dataset
-        m = {f"nll_{ds}": res.nll, f"ppl_{ds}": res.ppl if res.nll < 700 else math.inf,
-             f"bpb_{ds}": res.bpb, f"ntok_{ds}": float(res.ntok), f"nwin_{ds}": float(res.n_windows)}
-        if res.word_ppl is not None:
-            m[f"word_ppl_{ds}"] = res.word_ppl
-            m[f"byte_ppl_{ds}"] = res.byte_ppl
-        return m
-
     def run(self, model, progress: bool = True) -> dict[str, float]:
-        """All metrics for ``model``: ``{metric}_{dataset}`` plus ``acc_mean``/``acc_mean_stderr``."""
-        import torch
+        """All metrics for ``model``: ``{metric}_{key}`` plus ``acc_mean``/``acc_mean_stderr``."""
+        return self._evaluate(model, progress, reference=False)
 
-        self.prepare()
-        ctx = self._check_context(model)
+    def _evaluate(self, model, progress: bool, *, reference: bool) -> dict[str, float]:
+        t0 = time.perf_counter()
+        self._setup(model)
+        stats = ForwardStats()
         metrics: dict[str, float] = {}
         for p in self._ppl:
-            use_ref = p.spec.kl and p.ref_top1 is not None
-            nll, agree, kls, pos = [], 0, [], 0
-            for _, logits, targets in forward_scored(model, p.windows, device=self.device,
-                                                     batch_size=self.batch_size, progress=progress,
-                                                     desc=f"{p.spec.dataset}/{p.spec.protocol}"):
-                n = logits.shape[0]
-                if not use_ref:
-                    nll.append(torch.nn.functional.cross_entropy(logits, targets, reduction="none")
-                               .double().cpu().numpy())
-                    continue
-                logq = torch.log_softmax(logits, dim=-1)
-                nll.append((-logq.gather(1, targets[:, None])[:, 0]).double().cpu().numpy())
-                ref_top = torch.as_tensor(p.ref_top1[pos : pos + n], device=logq.device)
-                agree += int((logq.argmax(-1).to(torch.int32) == ref_top).sum())
-                if p.ref_logp is not None and pos < p.ref_logp.shape[0]:
-                    take = min(p.ref_logp.shape[0] - pos, n)
-                    ref = p.ref_logp[pos : pos + take].to(logq.device, torch.float32)
-                    ref = ref - torch.logsumexp(ref, dim=-1, keepdim=True)  # undo fp16 rounding: KL >= 0
-                    kls.append((ref.exp() * (ref - logq[:take])).sum(-1).double().cpu().numpy())
-                pos += n
-            res = self._result(p, np.concatenate(nll))
-            metrics.update(self._ppl_metrics(p, res))
-            if use_ref:
-                metrics[f"top1_{p.spec.dataset}"] = agree / res.ntok
-                if kls:
-                    metrics[f"kl_{p.spec.dataset}"] = float(np.concatenate(kls).mean())
+            metrics.update(self._perplexity(model, p, progress, reference, stats))
         task_names = []
         for t in self._tasks:
-            task = TASKS.get(t.spec.task)
-            max_length = ctx or self.seqlen_default
-            results = loglikelihood(model, t.encoded, max_length=max_length, device=self.device,
-                                    progress=progress, desc=t.spec.task)
-            metrics.update(score_task(task, t.items, results))
+            results = loglikelihood(model, t.encoded, max_length=self.max_length, device=self.device,
+                                    progress=progress, desc=t.spec.task, batch_size=self._batch, stats=stats)
+            metrics.update(score_task(TASKS.get(t.spec.task), t.items, results))
             task_names.append(t.spec.task)
         if task_names:
             metrics.update(acc_mean(metrics, task_names))
+        self.last_tokens, self.last_forwards = stats.tokens, stats.forwards
+        self.last_seconds = time.perf_counter() - t0
         return metrics
+
+    def _perplexity(self, model, p: _Prepared, progress: bool, reference: bool,
+                    stats: ForwardStats) -> dict[str, float]:
+        """One spec's metrics. Only the first ``kl_max_tokens`` scored tokens need a full
+        log-softmax (KL); the rest need just their cross-entropy and argmax, which is what keeps
+        the reference pass (and a KL run) close to the cost of a plain one."""
+        import torch
+
+        ce = torch.nn.functional.cross_entropy
+        use_ref = p.spec.kl and (reference or p.ref_top1 is not None)
+        ntok = p.ntok
+        kl_tokens = min(p.spec.kl_max_tokens, ntok) if use_ref else 0
+        if reference and use_ref:
+            p.ref_top1 = np.empty(ntok, dtype=np.int64)
+        nll = np.empty(ntok, dtype=np.float64)
+        kls = np.empty(kl_tokens, dtype=np.float64)
+        agree = 0
+        ref_top1 = None
+        for i, logits, targets in forward_scored(model, p.windows, device=self.device, batch_size=self._batch,
+                                                 progress=progress, stats=stats,
+                                                 desc=f"{'reference ' if reference else ''}{p.spec.key}"):
+            o, n = int(p.offsets[i]), logits.shape[0]
+            take = max(0, min(kl_tokens - o, n))  # this window's tokens inside the KL budget
+            if use_ref:
+                top = logits.argmax(-1)
+                if reference:  # the reference agrees with itself on every token
+                    p.ref_top1[o : o + n] = top.cpu().numpy()
+                    agree += n
+                else:
+                    if ref_top1 is None or ref_top1.device != top.device:
+                        ref_top1 = torch.as_tensor(p.ref_top1, device=top.device)
+                    agree += int((top == ref_top1[o : o + n]).sum())
+            # Row chunks keep every [rows, V] temporary small: on CPU a fresh full-window
+            # temporary (hundreds of MB at a 50k vocabulary) costs more in page faults than the math.
+            chunk = _CHUNK_ELEMENTS if logits.device.type == "cpu" else 64 * _CHUNK_ELEMENTS
+            step = max(1, chunk // logits.shape[-1])
+            for a in range(0, n, step):
+                b = min(a + step, n)
+                if a >= take:  # outside the KL budget: cross-entropy only
+                    nll[o + a : o + b] = ce(logits[a:b], targets[a:b], reduction="none").double().cpu().numpy()
+                    continue
+                b = min(b, take)
+                logq = torch.log_softmax(logits[a:b], dim=-1)
+                nll[o + a : o + b] = (-logq.gather(1, targets[a:b, None])[:, 0]).double().cpu().numpy()
+                if reference:
+                    if p.ref_logp is None:
+                        p.ref_logp = torch.empty((kl_tokens, logq.shape[-1]), dtype=torch.float16)
+                        p.ref_lse = torch.empty(kl_tokens, dtype=torch.float32)
+                    ref16 = logq.clamp_min(-6e4).to(torch.float16)
+                    p.ref_logp[o + a : o + b] = ref16.cpu()
+                    ref = ref16.float()  # exactly what a later run reads back from ref_logp
+                    lse = torch.logsumexp(ref, dim=-1)
+                    p.ref_lse[o + a : o + b] = lse.cpu()
+                else:
+                    ref = p.ref_logp[o + a : o + b].to(logq.device, torch.float32)
+                    lse = p.ref_lse[o + a : o + b].to(logq.device)
+                ref = ref - lse[:, None]  # undo fp16 rounding: KL >= 0
+                kls[o + a : o + b] = (ref.exp() * (ref - logq)).sum(-1).double().cpu().numpy()
+                if b < min(a + step, n):  # the chunk straddles the KL budget's end
+                    c = min(a + step, n)
+                    nll[o + b : o + c] = ce(logits[b:c], targets[b:c], reduction="none").double().cpu().numpy()
+        res = PerplexityResult(nll, p.n_bytes, len(p.windows))
+        if PROTOCOLS.get(p.spec.protocol).level == "document":
+            summarize_rolling(res, p.stream, p.windows)
+        metrics = self._ppl_metrics(p.spec.key, res)
+        if use_ref:
+            metrics[f"top1_{p.spec.key}"] = agree / res.ntok
+            if kl_tokens:
+                metrics[f"kl_{p.spec.key}"] = float(kls.mean())
+        return metrics
+
+    @staticmethod
+    def _ppl_metrics(key: str, res: PerplexityResult) -> dict[str, float]:
+        m = {f"nll_{key}": res.nll, f"ppl_{key}": res.ppl if res.nll < 700 else math.inf,
+             f"bpb_{key}": res.bpb, f"ntok_{key}": float(res.ntok), f"nwin_{key}": float(res.n_windows)}
+        if res.word_ppl is not None:
+            m[f"word_ppl_{key}"] = res.word_ppl
+            m[f"byte_ppl_{key}"] = res.byte_ppl
+        return m

@@ -52,9 +52,10 @@ def job_name(model_spec: Any) -> str:
     return f"{name}@{revision}" if revision else name
 
 
-def eval_identity(suite: Any, plan: SweepPlan, family: Any) -> dict[str, Any]:
-    """Protocol names/settings of every evaluation, and which tensors are quantized and counted."""
-    out = {k if k.startswith("eval_") else f"eval_{k}": v for k, v in suite.identity().items()}
+def eval_identity(suite: Any, plan: SweepPlan, family: Any, model: Any) -> dict[str, Any]:
+    """Protocol names/settings of every evaluation (resolved against the model: ``rolling``
+    windows default to its context), and which tensors are quantized and counted."""
+    out = {k if k.startswith("eval_") else f"eval_{k}": v for k, v in suite.identity(model).items()}
     out["eval_batch_size"] = getattr(suite, "batch_size_resolved", plan.eval.batch_size)
     mf = family.module_filter
     out["quant_scope"] = (f"nn.Linear+Conv1D include={','.join(mf.include)} "
@@ -200,5 +201,5 @@ def open_job(plan: SweepPlan, model_spec: Any, *, need_reference: bool = True) -
         ctx.reference_s = time.perf_counter() - t0
         ctx.reference_tokens = getattr(suite, "last_tokens", None)
         log.info("%s: 16-bit reference pass in %.1fs", job_name(model_spec), ctx.reference_s)
-    ctx.static.update(eval_identity(suite, plan, family))
+    ctx.static.update(eval_identity(suite, plan, family, loaded.model))
     return ctx

@@ -427,6 +427,16 @@ def eval_tokens(plan: Any, spec: Any) -> EvalTokens:
            json.dumps(dict(plan.provider_options), sort_keys=True, default=str) if family.provider else "")
     if key in _TOKEN_CACHE:
         return _TOKEN_CACHE[key]
+    disk = _token_cache_file(plan, tokenizer, key)
+    if disk is not None and disk.is_file():
+        try:
+            data = json.loads(disk.read_text())
+            out = EvalTokens(data["per_task"], data["windows"], data["scored"], data["tokenizer"],
+                             data["exact"], tuple(data["missing"]))
+            _TOKEN_CACHE[key] = out
+            return out
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # a damaged cache entry is recounted
     per_task: dict[str, int] = {}
     windows: dict[str, int] = {}
     scored: dict[str, int] = {}
@@ -444,7 +454,28 @@ def eval_tokens(plan: Any, spec: Any) -> EvalTokens:
             missing.append(name)
     out = EvalTokens(per_task, windows, scored, label, exact, tuple(missing))
     _TOKEN_CACHE[key] = out
+    if disk is not None and not missing:
+        try:  # counting the zero-shot requests of four tasks takes about a minute per tokenizer
+            disk.parent.mkdir(parents=True, exist_ok=True)
+            tmp = disk.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"per_task": per_task, "windows": windows, "scored": scored,
+                                       "tokenizer": label, "exact": exact, "missing": list(missing)}))
+            tmp.replace(disk)
+        except OSError:
+            pass
     return out
+
+
+def _token_cache_file(plan: Any, tokenizer: Any, key: tuple):
+    """Where the token counts of one (tokenizer, eval) live in the cache dir (None without one)."""
+    import hashlib
+
+    from kscale.evaluate.perplexity import tokenizer_fingerprint
+
+    if getattr(plan, "cache_dir", None) is None:
+        return None
+    digest = hashlib.sha256(json.dumps([tokenizer_fingerprint(tokenizer), *map(str, key)]).encode()).hexdigest()
+    return Path(plan.cache_dir) / "plan-tokens" / f"{digest[:24]}.json"
 
 
 def _corpus_options(plan: Any, family: Any, dataset: str) -> dict[str, Any]:
@@ -462,7 +493,8 @@ def _ppl_tokens(plan, family, tokenizer, s) -> tuple[int, int, int]:
     seqlen = s.seqlen or family.seqlen
     corpus = load_corpus(s.dataset, data_dir=plan.data_dir, split=s.split, source="local", path=s.path,
                          **_corpus_options(plan, family, s.dataset))
-    stream = budget_stream(tokenize_corpus(tokenizer, corpus, proto, cache_dir=None), proto, s.max_tokens)
+    # the same on-disk token cache as the evaluation itself, so planning then running tokenizes once
+    stream = budget_stream(tokenize_corpus(tokenizer, corpus, proto, cache_dir=plan.cache_dir), proto, s.max_tokens)
     try:
         prefix = prefix_token_id(tokenizer)
     except ValueError:

@@ -117,3 +117,27 @@ def test_sweeper_in_job_axes_are_the_grids_axes():
 def test_a_typo_key_is_rejected_not_ignored():
     with pytest.raises(ConfigError, match=r"bitz.*Did you mean 'bits'"):
         build_plan(_compose("+bitz=4"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_plans_offline_without_loading_or_writing(experiment, tmp_path):
+    """``plan=true`` (issue 12) composes each named study, prices it and writes only plan_out
+    (and the token cache it shares with the evaluation, so later plans and runs reuse it)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "plan.json"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HYDRA_FULL_ERROR="0")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "run_sweep.py"), f"experiment={experiment}", "plan=true",
+         f"plan_out={out}", f"results_dir={tmp_path / 'results'}", f"hydra.sweep.dir={tmp_path / 'hydra'}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    plan = json.loads(out.read_text())
+    assert {job["family"] for job in plan["jobs"]} == set(_families_named(experiment))
+    assert plan["totals"]["cells"] > 0 and plan["totals"]["jobs"] == len(plan["jobs"]) > 0
+    assert all(job["cells"] > 0 and job["flops"] > 0 for job in plan["jobs"])
+    assert not (tmp_path / "results").exists()  # nothing written, nothing loaded

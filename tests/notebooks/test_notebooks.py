@@ -137,3 +137,20 @@ def test_scaling_law_fits_notebook(kernel_env, monkeypatch):
     ext = _tagged(nb, "extrapolation")
     assert re.search(r"mean \|relative error\| = [0-9.]+%", _text(ext))
     assert _n_images(ext) == 1
+
+
+TOKENS_STUDY = ROOT / "results" / "toy-tokens"
+
+
+@pytest.mark.slow
+def test_training_tokens_notebook(kernel_env, monkeypatch):
+    assert (TOKENS_STUDY / "rows").is_dir(), f"the committed study is missing: {TOKENS_STUDY}"
+    nb = _execute("03-training-tokens.ipynb", monkeypatch)
+    _assert_clean_run(nb)
+    assert "toy-tokens" in _text(_tagged(nb, "setup"))
+    assert "checkpoints per size: [6]" in _text(_tagged(nb, "checkpoints"))
+    assert _n_images(_tagged(nb, "degradation-figure")) == 1
+    assert _n_images(_tagged(nb, "fit-figures")) == 2
+    # the toy study shows it: low-bit degradation grows with training tokens at fixed size
+    assert re.search(r"qid: degradation grows with training tokens", _text(_tagged(nb, "trend")))
+    assert _n_images(_tagged(nb, "threshold")) == 1 and "ΔL = 0.05 nats" in _text(_tagged(nb, "threshold"))

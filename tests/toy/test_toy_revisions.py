@@ -186,7 +186,7 @@ def test_toy_tokens_experiment_names_existing_sizes_and_revisions():
     from kscale.toy.ladder import LADDER
 
     conf = yaml.safe_load((PROJECT_ROOT / "conf" / "experiment" / "toy_tokens.yaml").read_text())
-    assert conf["name"] == "toy_tokens"
+    assert conf["name"] == "toy-tokens"  # results/toy-tokens, beside results/toy-study
     assert set(conf["model"]["sizes"]) <= set(LADDER)
     # every revision of the default ladder, the final one included, fewest tokens first
     assert conf["model"]["revisions"] == list(ToyOptions().revisions())

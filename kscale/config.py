@@ -126,11 +126,10 @@ def _check_method_options(c: Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(method_options, Mapping):
         raise ConfigError("invalid method_options: a mapping {method: {option: value}}")
     for name, options in method_options.items():
-        if name not in METHODS:
-            try:
-                METHODS.get(name)
-            except KeyError as err:
-                raise ConfigError(f"invalid method_options.{name}: {err}") from None
+        try:
+            METHODS.get(name)  # unknown names raise with did-you-mean
+        except KeyError as err:
+            raise ConfigError(f"invalid method_options.{name}: {err}") from None
         if options is not None and not isinstance(options, Mapping):
             raise ConfigError(f"invalid method_options.{name}={options!r}: a mapping of options")
     for name in as_list(c.get("method", "rtn")):

@@ -381,6 +381,23 @@ def _crossover_section(sub, metric, lines) -> None:
             + (f" at {c.total_bits:.3g} bits" if c.total_bits else "") for c in cross), ""]
 
 
+def _fit_and_bootstrap(df, law, metric, n_bootstrap, seed, problems, label):
+    """Fit ``law`` and, if asked, bootstrap it; a failed fit is noted in ``problems`` and
+    re-raised, a failed bootstrap only noted (``boot`` is then None)."""
+    try:
+        fit = fit_law(df, law, y=metric)
+    except (FitError, ValueError) as e:
+        problems.append(f"{label}law fit not possible: {e}")
+        raise
+    boot = None
+    if n_bootstrap > 0:
+        try:
+            boot = bootstrap_law(fit, n_resamples=n_bootstrap, seed=seed)
+        except (ValueError, np.linalg.LinAlgError) as e:
+            problems.append(f"{label}bootstrap failed: {e}")
+    return fit, boot
+
+
 def _law_section(sub, metric, fam, tag, fig_dir, lines, problems, figs, used, *, law, n_bootstrap, seed, known_E,
                  budgets, n_holdout) -> str | None:
     """Compare laws, fit the chosen one, bootstrap, decide; returns the answer sentence (or None)."""
@@ -394,17 +411,10 @@ def _law_section(sub, metric, fam, tag, fig_dir, lines, problems, figs, used, *,
               "(the honest test of a scaling law: it is a claim about models nobody measured). " + why, ""]
     lines += _law_table(scores, chosen, metric)
     try:
-        fit = fit_law(sub, chosen, y=metric)
+        fit, boot = _fit_and_bootstrap(sub, chosen, metric, n_bootstrap, seed, problems, f"{fam}: ")
     except (FitError, ValueError) as e:
-        problems.append(f"{fam}: law fit not possible: {e}")
         lines += [f"Law fit not possible: {e}", ""]
         return None
-    boot = None
-    if n_bootstrap > 0:
-        try:
-            boot = bootstrap_law(fit, n_resamples=n_bootstrap, seed=seed)
-        except (ValueError, np.linalg.LinAlgError) as e:
-            problems.append(f"{fam}: bootstrap failed: {e}")
     ci = boot.intervals() if boot else {}
     lines += [f"### Law `{chosen}`: {fit.law_spec.formula}", "",
               f"{fit.n_points} points, objective (sum of Huber, δ={fit.delta:g}) = {fit.loss:.4g}, converged = {fit.converged} "
@@ -648,16 +658,9 @@ def _tokens_config(data, metric, fam, tag, fig_dir, lines, problems, figs, *, n_
     chosen, why = _choose(scores, AUTO_LAW, need_bits=False, fallback=names[0], metric=y)
     lines += [why, ""] + _law_table(scores, chosen, y)
     try:
-        fit = fit_law(data, chosen, y=y)
-    except (FitError, ValueError) as e:
-        problems.append(f"{fam}: degradation law fit not possible: {e}")
+        fit, boot = _fit_and_bootstrap(data, chosen, y, n_bootstrap, seed, problems, f"{fam}: degradation ")
+    except (FitError, ValueError):
         return None
-    boot = None
-    if n_bootstrap > 0:
-        try:
-            boot = bootstrap_law(fit, n_resamples=n_bootstrap, seed=seed)
-        except (ValueError, np.linalg.LinAlgError) as e:
-            problems.append(f"{fam}: degradation bootstrap failed: {e}")
     ci = boot.intervals() if boot else {}
     lines += [f"Law `{chosen}`: {fit.law_spec.formula}; {fit.n_points} points"
               + (f" (excluded: {fit.clean.message()})" if fit.clean and fit.clean.reasons else "") + ".", "",

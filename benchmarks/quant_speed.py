@@ -7,8 +7,10 @@ each and its ratio to ``out.copy_(w)`` into a warm buffer (timed alternately wit
 is no floor: it also pays page faults on fresh memory, ~5-7x the copy here; it is printed for
 reference.) Also bitsandbytes' CPU ``quantize_4bit`` + ``dequantize_4bit`` (nf4), and the first
 call of each kernel, which compiles it (0 when an earlier case already built the same graph,
-~1 s when inductor's on-disk cache has it). All in one run. Targets: 4-bit types <= 3x the
-floor, 8-bit <= 6x; 4-bit >= 8x faster than bitsandbytes.
+~1 s when inductor's on-disk cache has it). All in one run, for each engine: the numba kernels
+(float32 weights) and the torch.compile ones (what fp16/bf16 weights use; run here on float32).
+Targets (numba, the float32 path CPU sweeps take): 4-bit types <= 3x the floor, 8-bit <= 6x;
+4-bit >= 8x faster than bitsandbytes.
 
     python benchmarks/quant_speed.py [--size 4096] [--repeats 7] [--kernel auto|eager|compiled]
 """
@@ -19,6 +21,7 @@ import time
 
 import torch
 
+from kscale.quant import _fast
 from kscale.quant import QuantSpec, fake_quantize, fake_quantize_, set_kernel, take_compile_seconds
 
 CASES = [("int4", QuantSpec(4, "int")), ("nf4", QuantSpec(4, "nf")), ("float4", QuantSpec(4, "float")),
@@ -71,6 +74,21 @@ def bnb_nf4(w: torch.Tensor):
         return None, f"{type(err).__name__}: {err}"
 
 
+def run_case(name: str, spec: QuantSpec, w: torch.Tensor, buf: torch.Tensor, bnb, repeats: int) -> None:
+    """One case: compile (timed), check bit identity with eager, then time against the floor."""
+    buf.copy_(w)
+    take_compile_seconds()
+    fake_quantize_(buf, spec)  # first call: compiles the kernel unless this process has it
+    compile_s = take_compile_seconds()
+    assert torch.equal(buf, fake_quantize(w, spec, kernel="eager")), name  # bit-identical
+    ms, fl = paired_ms(w, spec, repeats)
+    target = 3 if spec.bits == 4 else 6
+    speedup = f"{bnb / ms:>8.1f}" if bnb is not None else f"{'n/a':>8}"
+    ok = ms / fl <= target and (spec.bits != 4 or bnb is None or bnb / ms >= 8)
+    print(f"{name:<18}{ms:>9.1f}{fl:>10.1f}{ms / fl:>9.2f}{speedup}{compile_s:>11.1f}  <= {target}x floor"
+          f"{', >= 8x bnb' if spec.bits == 4 else ''}: {'ok' if ok else 'MISSED'}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=4096)
@@ -87,25 +105,18 @@ def main() -> None:
     bnb = best_ms(bnb_run, args.repeats) if bnb_run else None
     print(f"torch {torch.__version__}, threads={torch.get_num_threads()}, tensor {args.size}x{args.size} fp32, "
           f"B=64, kernel={args.kernel}")
-    print(f"{'case':<12}{'ms':>9}{'floor ms':>10}{'x floor':>9}{'bnb/x':>8}{'compile s':>11}  target")
-    print(f"{'copy_':<12}{floor:>9.1f}{floor:>10.1f}{1.0:>9.2f}")
-    print(f"{'clone':<12}{clone:>9.1f}{floor:>10.1f}{clone / floor:>9.2f}")
+    print(f"{'case':<18}{'ms':>9}{'floor ms':>10}{'x floor':>9}{'bnb/x':>8}{'compile s':>11}  target")
+    print(f"{'copy_':<18}{floor:>9.1f}{floor:>10.1f}{1.0:>9.2f}")
+    print(f"{'clone':<18}{clone:>9.1f}{floor:>10.1f}{clone / floor:>9.2f}")
     if bnb is not None:
-        print(f"{'bnb nf4':<12}{bnb:>9.1f}{floor:>10.1f}{bnb / floor:>9.2f}")
+        print(f"{'bnb nf4':<18}{bnb:>9.1f}{floor:>10.1f}{bnb / floor:>9.2f}")
     else:
         print(f"bnb nf4: unavailable ({bnb_err})")
-    for name, spec in CASES:
-        buf.copy_(w)
-        take_compile_seconds()
-        fake_quantize_(buf, spec)  # first call: compiles the kernel unless this process has it
-        compile_s = take_compile_seconds()
-        assert torch.equal(buf, fake_quantize(w, spec, kernel="eager")), name  # bit-identical
-        ms, fl = paired_ms(w, spec, args.repeats)
-        target = 3 if spec.bits == 4 else 6
-        speedup = f"{bnb / ms:>8.1f}" if bnb is not None else f"{'n/a':>8}"
-        ok = ms / fl <= target and (spec.bits != 4 or bnb is None or bnb / ms >= 8)
-        print(f"{name:<12}{ms:>9.1f}{fl:>10.1f}{ms / fl:>9.2f}{speedup}{compile_s:>11.1f}  <= {target}x floor"
-              f"{', >= 8x bnb' if spec.bits == 4 else ''}: {'ok' if ok else 'MISSED'}")
+    for engine in ("numba", "inductor"):
+        _fast._state["numba"] = None if engine == "numba" else "off: measuring inductor"
+        for name, spec in CASES:
+            run_case(f"{name} {engine}", spec, w, buf, bnb, args.repeats)
+
 
 
 if __name__ == "__main__":

@@ -173,10 +173,16 @@ def test_fused_kernels_identical_to_eager():
     # three graphs only (compiling costs seconds): the select path (<= 32 codes), arithmetic int,
     # and the bit-pattern table for large code books
     cases = [QuantSpec(4, "nf"), QuantSpec(8, "int", blocksize=None), QuantSpec(8, "dynamic", centered=True)]
-    for spec in cases:
-        eager = fake_quantize(w, spec, kernel="eager")
-        fused = fake_quantize(w, spec, kernel="compiled")
-        assert torch.equal(eager, fused), spec
+    from kscale.quant import _fast
+
+    for engine in ("numba", "inductor"):  # float32 takes numba where it is installed
+        with pytest.MonkeyPatch.context() as mp:
+            if engine == "inductor":
+                mp.setitem(_fast._state, "numba", "off in this test")
+            for spec in cases:
+                eager = fake_quantize(w, spec, kernel="eager")
+                fused = fake_quantize(w, spec, kernel="compiled")
+                assert torch.equal(eager, fused), (engine, spec)
 
 
 @pytest.mark.parametrize("dtype", ["dynamic", "float", "nf", "quantile"])

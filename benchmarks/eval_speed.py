@@ -186,6 +186,27 @@ def section_rolling(model, tok, path, args) -> None:
         lm_vals = lm_vals or vals
         lm_times[bs] = best_of(lambda: lm.loglikelihood_rolling(reqs, disable_tqdm=True), args.repeats)
     _compare("rolling", ours_s, ours_vals, lm_times, lm_vals, stats.tokens)
+    # the floor: the model's own forward passes over the same windows, nothing scored. Every
+    # position of a rolling window is a target, so no scorer can skip any of this work
+    floor = best_of(lambda: _forward_only(model, ids, args.context, kw["prefix_token"]), args.repeats)
+    print(f"[rolling] forward passes alone (the floor): {floor:.2f} s; kscale = {ours_s / floor:.2f}x it, "
+          f"lm-eval batch_size=1 = {lm_times[1] / floor:.2f}x it (so no scorer can reach "
+          f"{lm_times[1] / floor:.2f}x lm-eval's throughput at batch_size=1)")
+
+
+def _forward_only(model, ids, context: int, prefix_token: int) -> None:
+    """One ``model(window)`` per rolling window, logits computed and dropped."""
+    import numpy as np
+
+    from kscale.evaluate.perplexity import TokenStream, rolling_windows
+
+    flat = np.concatenate([np.asarray(d, dtype=np.int64) for d in ids])
+    starts = np.concatenate([[0], np.cumsum([len(d) for d in ids])]).astype(np.int64)
+    k = len(ids)
+    stream = TokenStream(flat, np.ones(len(flat)), starts, np.ones(k, np.int64), np.ones(k, np.int64))
+    with torch.inference_mode():
+        for w in rolling_windows(stream, context, None, prefix_token):
+            model(input_ids=torch.as_tensor(np.asarray(w.ids[:-1]))[None], use_cache=False).logits.sum()
 
 
 def main() -> None:

@@ -253,3 +253,38 @@ def test_text_file_mode_trains_on_a_local_file(tmp_path, data_dir):
     lines = text_path.read_text(encoding="utf-8").splitlines()
     held = [ln for ln in lines[int(0.9 * len(lines)):] if ln.strip()]
     assert corpus.rows == tuple(held)
+
+
+def test_corpus_and_entropy_rate_come_from_the_cache_without_building_the_language(tmp_path, monkeypatch, ladder):
+    """A toy job's fixed cost: its held-out text and E are read back from the cache (the text
+    written on first generation, E from a trained rung's stats), identical to computing them,
+    and building the language is then not needed at all."""
+    import os
+
+    import kscale.toy.ladder as toy_ladder
+
+    trained_cache = os.environ["KSCALE_CACHE_DIR"]  # where the module's ladder was trained
+    opts = ToyOptions.from_mapping(TINY)
+    exact = data_source(opts).entropy_rate
+    monkeypatch.setenv("KSCALE_CACHE_DIR", str(tmp_path))
+    fresh = load_toy_corpus(**TINY, n_tokens=777)  # generated, and written to the cache
+    cached_file = toy_ladder._corpus_cache_path(opts, "test", 777)
+    assert cached_file.is_file()
+
+    def no_language(_opts):
+        raise AssertionError("the language was built although the cache had the answer")
+
+    monkeypatch.setattr(toy_ladder, "data_source", no_language)
+    assert load_toy_corpus(**TINY, n_tokens=777) == fresh
+    with pytest.raises(AssertionError, match="the language was built"):
+        load_toy_corpus(**TINY, n_tokens=778)  # another request is not served from that file
+    with pytest.raises(AssertionError, match="the language was built"):
+        toy_ladder.entropy_rate(TINY)  # no trained rung in this cache: E must be computed
+    monkeypatch.setenv("KSCALE_CACHE_DIR", trained_cache)
+    assert toy_ladder.entropy_rate(TINY) == exact  # from train_stats.json, bit for bit
+    # a damaged cache file is regenerated, not trusted
+    monkeypatch.undo()
+    monkeypatch.setenv("KSCALE_CACHE_DIR", str(tmp_path))
+    cached_file.write_text("{not json")
+    assert load_toy_corpus(**TINY, n_tokens=777) == fresh
+    assert json.loads(cached_file.read_text())["documents"] == list(fresh.documents)

@@ -121,12 +121,18 @@ def test_plan_batches_sorted_and_bounded():
     # token budget: rows = budget // longest length in the batch
     batches = plan_batches(lengths, BatchSize(1, tokens=60))
     assert [len(b) for b in batches] == [2, 2, 3]  # 60//30, 60//29, then 60//7 takes the rest
+    # scored-position budget (CPU auto): long windows that score every position go one by one
+    scored = [5, 30, 1, 30, 12, 1, 2]
+    batches = plan_batches(lengths, BatchSize(1, tokens=60, positions=40), scored)
+    assert [len(b) for b in batches] == [1, 1, 2, 3]  # 40//30, 40//30, 60//29 (40//2 allows 20), rest
 
 
 def test_auto_batch_size_cpu_and_probe():
     model = _gpt2()
     bs = resolve_batch_size(model, "auto", 512)
     assert (bs.size, bs.tokens) == (4, 2048)
+    vocab = model.get_output_embeddings().weight.shape[0]
+    assert bs.positions == (1 << 25) // vocab  # the logits budget, in positions of this vocabulary
     assert resolve_batch_size(model, 5, 512) == BatchSize(5)
     with pytest.raises(ValueError, match="positive int or 'auto'"):
         resolve_batch_size(model, 0, 512)

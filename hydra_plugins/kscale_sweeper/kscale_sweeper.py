@@ -19,7 +19,10 @@ sweeper instead
    things are; then re-raises the first job failure, so the exit code means something.
 
 Grid values can also come from config, as with the basic sweeper: ``hydra.sweeper.params``
-(``model: opt,pythia``) in an experiment file; the command line wins over it per key.
+(``model: opt,pythia``) in an experiment file; the command line wins over it per key. Several
+experiments in one command (``experiment=a,b``) each keep their own grid: the sweeper reads each
+one's params from its composed config (Hydra's primary config, composed before the sweep, holds
+none of them), so the command plans exactly the jobs of ``experiment=a`` plus ``experiment=b``.
 """
 # no `from __future__ import annotations`: Hydra execs plugin modules outside sys.modules,
 # where dataclasses cannot resolve string annotations.
@@ -138,11 +141,38 @@ class KscaleSweeper(Sweeper):
         Also sets ``self.all_models``: every ``(plan, model_spec)`` of the sweep, finished or
         not (what ``plan=true`` estimates).
         """
+        assert self.hydra_context is not None and self.config is not None
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        experiments = [v for k, v in split_overrides(parser.parse_overrides(list(arguments))).items()
+                       if k.lstrip("+~") == "experiment"]
+        if not experiments or len(experiments[0]) < 2:
+            return self._plan_grid(self.params, list(arguments))
+        # several experiments in one command: Hydra composed the primary config without any of
+        # them, so self.params holds none of their grids. Each experiment's own
+        # hydra.sweeper.params (its list of models) must be read from its composed config, or
+        # every experiment would silently run only its single default model.
+        rest = [a for a in arguments if a.split("=", 1)[0].lstrip("+~") != "experiment"]
+        jobs: List[Any] = []
+        plans: "OrderedDict[str, Any]" = OrderedDict()
+        every_model: List[Any] = []
+        for choice in experiments[0]:
+            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, [choice])
+            params = dict(cfg.hydra.sweeper.get("params") or {})
+            more, more_plans = self._plan_grid(params, [choice] + rest)
+            jobs.extend(more)
+            for key, plan in more_plans.items():
+                plans.setdefault(key, plan)
+            every_model.extend(self.all_models)
+        self.all_models = every_model
+        return jobs, plans
+
+    def _plan_grid(self, params: Dict[str, str], arguments: List[str]) -> "tuple[List[Any], Dict[str, Any]]":
+        """:meth:`plan_jobs` for one grid: ``params`` (an experiment's defaults) then ``arguments``."""
         from kscale.config import ConfigError, build_plan
         from kscale.sweep import pending_models
 
         assert self.hydra_context is not None and self.config is not None
-        args = [f"{k}={v}" for k, v in self.params.items()] + list(arguments)
+        args = [f"{k}={v}" for k, v in params.items()] + list(arguments)
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         per_key = split_overrides(parser.parse_overrides(args))
         sweep_keys = [k for k, v in per_key.items() if len(v) > 1]

@@ -141,3 +141,33 @@ def test_every_experiment_plans_offline_without_loading_or_writing(experiment, t
     assert plan["totals"]["cells"] > 0 and plan["totals"]["jobs"] == len(plan["jobs"]) > 0
     assert all(job["cells"] > 0 and job["flops"] > 0 for job in plan["jobs"])
     assert not (tmp_path / "results").exists()  # nothing written, nothing loaded
+
+
+@pytest.mark.slow
+def test_sweeping_experiments_runs_each_experiments_own_grid(tmp_path):
+    """``experiment=a,b`` in one command plans exactly the jobs of ``experiment=a`` plus those of
+    ``experiment=b``: each with its own list of models (its ``hydra.sweeper.params``), which
+    Hydra's primary config, composed without either, does not hold."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HYDRA_FULL_ERROR="0")
+
+    def plan(experiments: str, tag: str) -> dict:
+        out = tmp_path / f"{tag}.json"
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "run_sweep.py"), f"experiment={experiments}", "plan=true",
+             f"plan_out={out}", f"results_dir={tmp_path / 'results'}", f"hydra.sweep.dir={tmp_path / tag}"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+        return json.loads(out.read_text())
+
+    def jobs(p: dict) -> list[tuple]:
+        return [(j["family"], j["size"], j["cells"], j["tokens"]) for j in p["jobs"]]
+
+    both, a, b = plan("kbit_dtypes,gptq_opt", "both"), plan("kbit_dtypes", "a"), plan("gptq_opt", "b")
+    assert {j[0] for j in jobs(a)} == set(_families_named("kbit_dtypes")) == {"opt", "pythia", "bloom"}
+    assert jobs(both) == jobs(a) + jobs(b)
+    assert both["studies"] == a["studies"] + b["studies"]

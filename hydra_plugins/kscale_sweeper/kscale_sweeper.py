@@ -146,7 +146,8 @@ class KscaleSweeper(Sweeper):
         experiments = [v for k, v in split_overrides(parser.parse_overrides(list(arguments))).items()
                        if k.lstrip("+~") == "experiment"]
         if not experiments or len(experiments[0]) < 2:
-            return self._plan_grid(self.params, list(arguments))
+            jobs, plans, self.all_models = self._plan_grid(self.params, list(arguments))
+            return jobs, plans
         # several experiments in one command: Hydra composed the primary config without any of
         # them, so self.params holds none of their grids. Each experiment's own
         # hydra.sweeper.params (its list of models) must be read from its composed config, or
@@ -158,16 +159,18 @@ class KscaleSweeper(Sweeper):
         for choice in experiments[0]:
             cfg = self.hydra_context.config_loader.load_sweep_config(self.config, [choice])
             params = dict(cfg.hydra.sweeper.get("params") or {})
-            more, more_plans = self._plan_grid(params, [choice] + rest)
+            more, more_plans, models = self._plan_grid(params, [choice] + rest)
             jobs.extend(more)
             for key, plan in more_plans.items():
                 plans.setdefault(key, plan)
-            every_model.extend(self.all_models)
+            every_model.extend(models)
         self.all_models = every_model
         return jobs, plans
 
-    def _plan_grid(self, params: Dict[str, str], arguments: List[str]) -> "tuple[List[Any], Dict[str, Any]]":
-        """:meth:`plan_jobs` for one grid: ``params`` (an experiment's defaults) then ``arguments``."""
+    def _plan_grid(self, params: Dict[str, str],
+                   arguments: List[str]) -> "tuple[List[Any], Dict[str, Any], List[Any]]":
+        """:meth:`plan_jobs` for one grid: ``params`` (an experiment's defaults) then ``arguments``;
+        also returns every ``(plan, model_spec)`` of the grid, finished or not."""
         from kscale.config import ConfigError, build_plan
         from kscale.sweep import pending_models
 
@@ -180,7 +183,7 @@ class KscaleSweeper(Sweeper):
             raise HydraException("name and results_dir cannot be swept: one study per command")
         jobs = []
         plans: "OrderedDict[str, Any]" = OrderedDict()
-        self.all_models = []
+        models: List[Any] = []
         model_lists = model_list_axes()
         for combo in itertools.product(*per_key.values()):
             base = [o for o in combo if o.split("=", 1)[0].lstrip("+~") not in model_lists]
@@ -194,7 +197,7 @@ class KscaleSweeper(Sweeper):
             has_revisions = "revisions" in (cfg.get("model") or {})
             pending = set(pending_models(plan))
             for spec in plan.models:
-                self.all_models.append((plan, spec))
+                models.append((plan, spec))
                 if spec not in pending:
                     log.info("%s: every cell is finished (rerun=true to redo); no job", _job_label(spec))
                     continue
@@ -203,7 +206,7 @@ class KscaleSweeper(Sweeper):
                 if has_revisions and revision is not None:
                     overrides.append(f"model.revisions=[{_quote(revision)}]")
                 jobs.append((overrides, plan, spec))
-        return jobs, plans
+        return jobs, plans, models
 
     def sweep(self, arguments: List[str]) -> Any:
         from kscale.sweep.finish import finish_study

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from kscale.estimate.sizes import _local_folder
+from kscale.paths import write_text_atomic
 from kscale.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -151,11 +152,8 @@ def eval_tokens(plan: Any, spec: Any) -> EvalTokens:
     _TOKEN_CACHE[key] = out
     if disk is not None and not missing:
         try:  # counting the zero-shot requests of four tasks takes about a minute per tokenizer
-            disk.parent.mkdir(parents=True, exist_ok=True)
-            tmp = disk.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"per_task": per_task, "windows": windows, "scored": scored,
-                                       "tokenizer": label, "exact": exact, "missing": list(missing)}))
-            tmp.replace(disk)
+            write_text_atomic(disk, json.dumps({"per_task": per_task, "windows": windows, "scored": scored,
+                                                "tokenizer": label, "exact": exact, "missing": list(missing)}))
         except OSError:
             pass
     return out

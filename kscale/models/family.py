@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Protocol, TypeVar
@@ -246,16 +246,11 @@ FAMILIES.register("bloom", ModelFamily(
 ))
 # BLOOMZ: BLOOM fine-tuned on the xP3 task mixture (Muennighoff et al. 2022), the fifth family of
 # Dettmers & Zettlemoyer (2022); the same architecture, so the same filter and outlier pairs.
-FAMILIES.register("bloomz", ModelFamily(
+FAMILIES.register("bloomz", replace(
+    FAMILIES.get("bloom"),
     name="bloomz",
     sizes={**{s: f"bigscience/bloomz-{s}" for s in ("560m", "1b1", "1b7", "3b", "7b1")},
            "176b": "bigscience/bloomz"},
-    module_filter=_filter("transformer.h.*"),
-    seqlen=2048,
-    outlier_pairs=(
-        ("transformer.h.*.self_attention.dense", "transformer.h.*.mlp.dense_h_to_4h"),
-        ("transformer.h.*.mlp.dense_h_to_4h", "transformer.h.*.mlp.dense_4h_to_h"),
-    ),
     description="BigScience BLOOMZ (BLOOM fine-tuned on xP3), 560M-176B",
 ))
 

@@ -396,19 +396,24 @@ def _run_compiled_(strategy: str, xb: torch.Tensor, code: torch.Tensor, spec) ->
 
 def _numba_call(strategy: str, code: torch.Tensor, spec):
     """The numba kernel and its arguments after the blocks, or ``None`` where it has none (a
-    select code book of more than 16 codes, a table with crowded buckets)."""
-    if strategy == "int":
-        top = 2 ** (spec.bits - 1) - 1
-        return _numba.int_blocks_, (top, _single_division_exact(top), spec.centered, spec.scale_bits == 16)
-    code32 = code.float().contiguous()
-    mids = midpoints(code32).contiguous()
-    if strategy == "select" and code32.numel() <= _numba.SELECT_MIDS + 1:
-        m, c = _numba.pad_select(mids.numpy(), code32.numpy())
-        return _numba.select_blocks_, (m, c, spec.centered, spec.scale_bits == 16)
-    if strategy == "lut" and _lut_for(mids)[2] == 1:
-        table = _numba.pack_lut1(*(t.numpy() for t in _lut1_for(code32, mids)))
-        return _numba.lut1_blocks_, (table, spec.centered, spec.scale_bits == 16)
-    return None
+    select code book of more than 16 codes, a table with crowded buckets). Derived from
+    :func:`_compiled_call`'s choice, so both engines always run the same kernel on the same
+    constants."""
+    name, args = _compiled_call(strategy, code, spec)
+    if name == "int":
+        centered, scale_bits, top, single = args
+        return _numba.int_blocks_, (top, single, centered, scale_bits == 16)
+    if name == "select":
+        mids, code32, centered, scale_bits, _ = args
+        if code32.numel() > _numba.SELECT_MIDS + 1:
+            return None
+        return _numba.select_blocks_, (*_numba.pad_select(mids.numpy(), code32.numpy()), centered,
+                                       scale_bits == 16)
+    if name == "lut1":
+        thr, lo, hi, centered, scale_bits = args
+        return _numba.lut1_blocks_, (_numba.pack_lut1(thr.numpy(), lo.numpy(), hi.numpy()), centered,
+                                     scale_bits == 16)
+    return None  # "lut": a bucket holds several midpoints
 
 
 def _run_numba_(strategy: str, xb: torch.Tensor, code: torch.Tensor, spec) -> bool:

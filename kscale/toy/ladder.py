@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from kscale.data.corpus import TextCorpus
-from kscale.paths import default_cache_dir
+from kscale.paths import default_cache_dir, write_text_atomic
 from kscale.toy.language import LanguageSpec, MarkovLanguage
 from kscale.toy.tokenizer import EOS, SPECIAL_TOKENS, build_tokenizer, text_vocabulary
 from kscale.toy.train import ARCHITECTURES, ToyShape, TrainSpec, build_model, n_params, train_model, train_steps
@@ -539,7 +539,10 @@ def load_toy_corpus(
         doc_rows = [" ".join(words[i] for i in doc[j : j + opts.row_tokens]) for j in range(0, len(doc), opts.row_tokens)]
         rows.extend(doc_rows)
         documents.append("\n".join(doc_rows))
-    _write_atomic(cached, json.dumps({"rows": rows, "documents": documents}))
+    try:
+        write_text_atomic(cached, json.dumps({"rows": rows, "documents": documents}))
+    except OSError as err:  # a read-only cache still evaluates, it just regenerates next time
+        log.warning("could not cache the toy corpus at %s (%s)", cached, err)
     return TextCorpus(name="toy", rows=tuple(rows), documents=tuple(documents), source=label)
 
 
@@ -556,15 +559,3 @@ def _corpus_cache_path(opts: ToyOptions, split: str, n_tokens: int) -> Path:
             "corpus_seed": opts.corpus_seed}
     key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
     return default_cache_dir() / "toy" / "corpora" / f"{key}.json"
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file, so a reader never sees half of it."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except OSError as err:  # a read-only cache still evaluates, it just regenerates next time
-        log.warning("could not cache the toy corpus at %s (%s)", path, err)

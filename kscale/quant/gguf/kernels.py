@@ -15,7 +15,7 @@ import torch
 
 from kscale.registry import Registry
 
-from . import legacy
+from . import kquants, legacy
 from .types import GGUF_TYPES, GGUFType
 
 #: rows are quantized in chunks of about this many values
@@ -29,8 +29,9 @@ class GGUFKernel:
 
 
 KERNELS: Registry[GGUFKernel] = Registry("GGUF kernel")
-for _name in ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0"):
-    KERNELS.register(_name, GGUFKernel(getattr(legacy, f"quantize_{_name}"), getattr(legacy, f"dequantize_{_name}")))
+for _module, _names in ((legacy, ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0")), (kquants, ("q4_k", "q5_k", "q6_k"))):
+    for _name in _names:
+        KERNELS.register(_name, GGUFKernel(getattr(_module, f"quantize_{_name}"), getattr(_module, f"dequantize_{_name}")))
 
 
 def gguf_type(name: str) -> GGUFType:

@@ -109,3 +109,57 @@ def min_scale_search(x: torch.Tensor, weights: torch.Tensor, nmax: int, rmin: fl
         L = torch.where(better, laux, L)
     zero = torch.zeros_like(scale)
     return torch.where(flat, zero, scale), -torch.where(flat, vmin, mn), torch.where(flat, 0.0, L)
+
+
+def _as_u8(l: torch.Tensor) -> torch.Tensor:
+    """A C store of an int into ``uint8_t`` (wraps modulo 256)."""
+    return torch.remainder(l, 256)
+
+
+def positive_scale_search(x: torch.Tensor, nmax: int, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``make_qp_quants(n, nmax, x, L, quant_weights)``: codes of non-negative values ``x`` [n, groups].
+
+    Quantizes a super-block's sub-block scales (or minima) to ``l`` in [0, nmax] under one scale:
+    tries ``(nmax + 0.1·is)/max`` for is = -4..4 by weighted squared error, then up to five
+    passes of coordinate descent that move one code at a time when the least-squares fit improves.
+    Returns (scale, L).
+    """
+    n = x.shape[0]
+    vmax = x.max(dim=0).values
+    zero = ~(vmax >= GROUP_MAX_EPS)
+    vmax = torch.where(zero, torch.ones_like(vmax), vmax)
+    wx = weights * x
+
+    def mse(scale: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
+        diff = x - scale * L
+        return seq_sum(weights * diff * diff)
+
+    iscale = f32(nmax) / vmax
+    best = mse(f32(1) / iscale, _as_u8(nearest_int(iscale * x)))
+    tenth = f32(0.1)
+    for step in range(-4, 5):
+        if step == 0:
+            continue
+        iscale_is = (tenth * step + nmax) / vmax
+        cur = mse(f32(1) / iscale_is, nearest_int(iscale_is * x).clamp_(max=nmax))
+        better = cur < best
+        best = torch.where(better, cur, best)
+        iscale = torch.where(better, iscale_is, iscale)
+    L = nearest_int(iscale * x).clamp_(max=nmax)
+    sumlx = seq_sum(wx * L)
+    suml2 = seq_sum(weights * L * L)
+    for _ in range(5):  # a pass that changes nothing leaves the state as it is, so no early exit is needed
+        for i in range(n):
+            w, xi, li = weights[i], x[i], L[i]
+            slx = sumlx - wx[i] * li
+            sl2 = suml2 - w * li * li
+            active = (slx > 0) & (sl2 > 0)
+            new_l = nearest_int(xi * sl2 / torch.where(active, slx, torch.ones_like(slx))).clamp_(max=nmax)
+            slx = slx + wx[i] * new_l
+            sl2 = sl2 + w * new_l * new_l
+            take = active & (new_l != li) & (slx * slx * suml2 > sumlx * sumlx * sl2)
+            L[i] = torch.where(take, new_l, li)
+            sumlx = torch.where(take, slx, sumlx)
+            suml2 = torch.where(take, sl2, suml2)
+    scale = torch.where(suml2 > 0, sumlx / torch.where(suml2 > 0, suml2, torch.ones_like(suml2)), 0.0)
+    return torch.where(zero, 0.0, scale), torch.where(zero, 0.0, _as_u8(L))

@@ -8,7 +8,9 @@ answers it from measured rows, without a fitted law:
 * :func:`best_per_budget` — best configuration and runner-up (with the margin) under each budget;
 * :func:`frontier_segments` — the same, one row per *change* of the best configuration;
 * :func:`crossover` — the total bits at which k-bit overtakes another precision, reading each
-  precision's curve as the paper draws it: linear interpolation in log total bits.
+  precision's curve as the paper draws it: linear interpolation in log total bits;
+* :func:`compare_precisions` — every change of order between two precisions on the common grid
+  of total bits where both curves are measured, each margin with its evaluation noise.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from kscale.fit.core import higher_is_better
+from kscale.fit.noise import se_column
 
 log = logging.getLogger(__name__)
 
@@ -121,9 +124,13 @@ def best_per_budget(df: pd.DataFrame, metric: str, budgets: Sequence[float] | No
     Returns:
         One row per (group, budget): ``budget``, ``best_config``, ``best_size``, ``best_n_params``,
         ``best_{cost}``, ``best_value``, ``runner_up_config``, ``runner_up_size``, ``runner_up_value``,
-        ``margin`` (≥ 0, in the metric's better direction; NaN without a runner-up).
+        ``margin`` (≥ 0, in the metric's better direction; NaN without a runner-up); with a
+        ``<metric>_se`` column also ``best_se`` and ``margin_se`` (the two rows' SEs in quadrature).
     """
     data = _usable(df, metric, cost)
+    se = se_column(data, metric)
+    if se is not None:
+        data = data.assign(**{se: pd.to_numeric(data[se], errors="coerce")})
     groups = [(None, data)] if by is None else list(data.groupby(by, sort=True))
     rows = []
     for key, g in groups:
@@ -140,12 +147,16 @@ def best_per_budget(df: pd.DataFrame, metric: str, budgets: Sequence[float] | No
             other = under[under["_config"] != best["_config"]]
             row.update(best_config=best["_config"], best_size=best.get("size"), best_n_params=best.get("n_params"),
                        **{f"best_{cost}": float(best[cost])}, best_value=float(best[metric]))
+            if se is not None:
+                row["best_se"] = float(best[se])
             if other.empty:
                 row.update(runner_up_config=None, runner_up_size=None, runner_up_value=np.nan, margin=np.nan)
             else:
                 ru = other.iloc[0]
                 row.update(runner_up_config=ru["_config"], runner_up_size=ru.get("size"),
                            runner_up_value=float(ru[metric]), margin=float(ru["_score"] - best["_score"]))
+                if se is not None:
+                    row["margin_se"] = float(np.hypot(best[se], ru[se]))
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -179,7 +190,7 @@ def frontier_segments(df: pd.DataFrame, metric: str, *, cost: str = "total_bits"
             row = {k: first[k] for k in keys}
             row |= {"budget_from": float(first["budget"]), "budget_to": float(last["budget"]), "n_budgets": len(seg)}
             for c in ("best_config", "best_size", "best_n_params", f"best_{cost}", "best_value",
-                      "runner_up_config", "runner_up_size", "runner_up_value", "margin"):
+                      "runner_up_config", "runner_up_size", "runner_up_value", "margin", "best_se", "margin_se"):
                 if c in seg.columns:
                     row[c] = (first if c.startswith("best_") else last)[c]
             rows.append(row)
@@ -241,3 +252,67 @@ def crossover(df: pd.DataFrame, metric: str, low_bits: float, high_bits: float, 
     x0, x1, d0, d1 = xs[i], xs[i + 1], d[i], d[i + 1]
     x = x0 if d0 == d1 else x0 + (x1 - x0) * d0 / (d0 - d1)
     return Crossover(low_bits, high_bits, "crosses", float(np.exp(x)))
+
+
+#: A margin below this many standard errors is within the evaluation noise.
+NOISE_SE = 2.0
+
+
+@dataclass(frozen=True)
+class PrecisionComparison:
+    """Two precisions compared on the common grid of total bits where both curves are measured.
+
+    ``points``: one row per grid budget: ``total_bits``, ``difference`` (low − high in the better
+    direction: < 0 means ``low_bits`` is better), ``se`` (the two interpolated SEs in quadrature;
+    NaN when the rows carry none), ``within_noise`` (|difference| < ``NOISE_SE`` · se; None when
+    the noise is unknown) and ``measured`` (which curve has a measured row there: low/high/both).
+    ``changes``: (total bits, the precision ahead above it, within noise) per change of order.
+    """
+
+    low_bits: float
+    high_bits: float
+    points: pd.DataFrame
+    changes: tuple[tuple[float, float, bool | None], ...]
+
+
+def _curve_xy(curve: pd.DataFrame, metric: str, cost: str, se: str | None):
+    x = np.log(curve[cost].to_numpy(float))
+    y = _score(curve[metric], metric)
+    s = pd.to_numeric(curve[se], errors="coerce").to_numpy(float) if se else np.full(len(x), np.nan)
+    return x, y, s
+
+
+def compare_precisions(df: pd.DataFrame, metric: str, low_bits: float, high_bits: float, *,
+                       cost: str = "total_bits") -> PrecisionComparison:
+    """Compare two precisions at every total-bits value of either curve inside the range both
+    measured (best row per size, linear in log total bits); every change of order is reported,
+    not only the last, each margin with its noise (``<metric>_se`` when the rows carry it)."""
+    se = se_column(df, metric)
+    lo_c = precision_curve(df, metric, low_bits, cost=cost)
+    hi_c = precision_curve(df, metric, high_bits, cost=cost)
+    empty = PrecisionComparison(low_bits, high_bits, pd.DataFrame(), ())
+    if len(lo_c) < 1 or len(hi_c) < 1:
+        return empty
+    xl, yl, sl = _curve_xy(lo_c, metric, cost, se)
+    xh, yh, sh = _curve_xy(hi_c, metric, cost, se)
+    a, b = max(xl.min(), xh.min()), min(xl.max(), xh.max())
+    if a > b:
+        return empty
+    xs = np.unique(np.concatenate([xl, xh]))
+    xs = xs[(xs >= a) & (xs <= b)]
+    d = np.interp(xs, xl, yl) - np.interp(xs, xh, yh)
+    s = np.hypot(np.interp(xs, xl, sl), np.interp(xs, xh, sh))
+    within = [None if not np.isfinite(v) else bool(abs(dv) < NOISE_SE * v) for dv, v in zip(d, s)]
+    measured = ["both" if (x in xl and x in xh) else ("low" if x in xl else "high") for x in xs]
+    points = pd.DataFrame({"total_bits": np.exp(xs), "difference": d, "se": s, "within_noise": within,
+                           "measured": measured})
+    changes = []
+    signs = np.sign(d)
+    nz = np.flatnonzero(signs != 0)
+    for i, j in zip(nz[:-1], nz[1:]):
+        if signs[i] == signs[j]:
+            continue
+        x = xs[i] + (xs[j] - xs[i]) * d[i] / (d[i] - d[j])
+        noisy = None if within[i] is None or within[j] is None else bool(within[i] or within[j])
+        changes.append((float(np.exp(x)), low_bits if d[j] < 0 else high_bits, noisy))
+    return PrecisionComparison(low_bits, high_bits, points, tuple(changes))

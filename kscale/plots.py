@@ -32,6 +32,7 @@ import pandas as pd  # noqa: E402
 from kscale.fit.bootstrap import BootstrapResult  # noqa: E402
 from kscale.fit.core import LawFit, _group_label  # noqa: E402
 from kscale.fit.extrapolate import ExtrapolationResult  # noqa: E402
+from kscale.fit.noise import se_column  # noqa: E402
 from kscale.pareto import _usable, pareto_frontier  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,23 @@ def log_axis(ax, which: str = "x") -> None:
         axis.set_minor_formatter(NullFormatter())
 
 
+def error_bars(ax, rows: pd.DataFrame, x, y: str, *, color, horizontal: bool = False, values=None) -> bool:
+    """Draw ``rows``' evaluation noise (``<y>_se``) as error bars at (x, values or rows[y]); False
+    when the rows carry no SE. Every figure that plots a measured point calls this (issue 17 §3)."""
+    col = se_column(rows, y)
+    if col is None or rows.empty:
+        return False
+    se = pd.to_numeric(rows[col], errors="coerce").to_numpy(float)
+    v = rows[y].to_numpy(float) if values is None else np.asarray(values, dtype=float)
+    xv = np.asarray(x, dtype=float)
+    kw = dict(fmt="none", ecolor=color, elinewidth=1.0, capsize=2, alpha=0.8, zorder=2)
+    if horizontal:
+        ax.errorbar(v, xv, xerr=se, **kw)
+    else:
+        ax.errorbar(xv, v, yerr=se, **kw)
+    return True
+
+
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 _LINESTYLES = ("-", "--", "-.", ":")
 
@@ -113,6 +131,7 @@ def plot_bits_scaling(df: pd.DataFrame, metric: str, *, title: str | None = None
     for k, col in colors.items():
         cur = precision_curve(data, metric, k)
         ax.plot(cur["total_bits"], cur[metric], "o-", color=col, label=_bits_name(k), ms=4)
+        error_bars(ax, cur, cur["total_bits"], metric, color=col)
     if frontier and len(data):
         fr = pareto_frontier(data, metric)
         ax.plot(fr["total_bits"], fr[metric], "k--", lw=1, alpha=0.7, label="Pareto frontier")
@@ -142,6 +161,7 @@ def plot_ablation(df: pd.DataFrame, metric: str, column: str, *, bits: float = 4
         sub = data[data[column] == v]
         sub = sub.loc[sub.assign(_s=sub[metric]).groupby("n_params")["_s"].idxmin()] if "n_params" in sub else sub
         sub = sub.sort_values("total_bits")
+        error_bars(ax, sub, sub["total_bits"], metric, color=cmap(i % 10))
         # distinct markers and dashes: lines of near-equal types lie on top of each other
         ax.plot(sub["total_bits"], sub[metric], marker=_MARKERS[i % len(_MARKERS)], ls=_LINESTYLES[i % len(_LINESTYLES)],
                 color=cmap(i % 10), ms=6, mfc="none", mew=1.3, label=f"{column}={v}")
@@ -187,6 +207,7 @@ def plot_fit(fit: LawFit, boot: BootstrapResult | None = None, *, level: float =
         col = colors[k]
         sub = data if k is None else data[data["bits"].astype(float) == k]
         ax.scatter(sub["total_bits"], sub[fit.y], color=col, s=18, zorder=3)
+        error_bars(ax, sub, sub["total_bits"], fit.y, color=col)
         frame = _curve_frame(fit, k, grid)
         ax.plot(grid, fit.predict(frame), color=col, label=_bits_name(k) if k is not None else fit.law)
         if boot is not None:
@@ -238,6 +259,7 @@ def plot_extrapolation(ext: ExtrapolationResult, *, title: str | None = None):
         for i, row in h.iterrows():
             c = colors[float(row["bits"])] if colors else "C0"
             ax.scatter(row[y], row["predicted"], color=c, s=30)
+            error_bars(ax, h.loc[[i]], [row["predicted"]], y, color=c, horizontal=True)
         if colors:
             for k, c in colors.items():
                 ax.scatter([], [], color=c, label=_bits_name(k))
@@ -288,14 +310,20 @@ def plot_config_difference(df: pd.DataFrame, metric: str, column: str = "dtype",
     for ax, k in zip(axes.ravel(), ks):
         at = data[data["bits"].astype(float) == k]
         # best row per (size, value) first (several block sizes ... per data type), then the gap
-        best = at.assign(_s=sign * at[metric].astype(float)).groupby(["n_params", column])["_s"].min().unstack(column)
+        scored = at.assign(_s=sign * at[metric].astype(float))
+        best = scored.groupby(["n_params", column])["_s"].min().unstack(column)
         gap = best.sub(best.min(axis=1), axis=0)
+        gap_se = _gap_se(scored, metric, column, best)
         for i, v in enumerate(vals):
             if v not in gap.columns:
                 continue
             g = gap[v].dropna()
             ax.plot(g.index, g.to_numpy(), marker=_MARKERS[i % len(_MARKERS)], ls=_LINESTYLES[i % len(_LINESTYLES)],
                     color=cmap(i % 10), ms=6, mfc="none", mew=1.4, lw=1.2, label=f"{v}")
+            if gap_se is not None and v in gap_se.columns:
+                e = gap_se[v].reindex(g.index)
+                ax.errorbar(g.index, g.to_numpy(), yerr=e.to_numpy(), fmt="none", ecolor=cmap(i % 10), capsize=2,
+                            elinewidth=1.0, alpha=0.8)
         ax.axhline(0, color="k", lw=0.6)
         log_axis(ax)
         ax.set_title(f"{_group_label(k)}-bit", fontsize=10)
@@ -308,6 +336,20 @@ def plot_config_difference(df: pd.DataFrame, metric: str, column: str = "dtype",
     _panel_legend(fig, axes, len(ks), title=column)
     fig.suptitle(title or f"{column} comparison: gap to the best {column} at each size and k ({metric})", fontsize=11)
     return fig
+
+
+def _gap_se(scored: pd.DataFrame, metric: str, column: str, best: pd.DataFrame) -> pd.DataFrame | None:
+    """SE of each (size, value)'s gap to the best value there: the two rows' SEs in quadrature
+    (conservative: rows of one model share their tokens, so the paired SE is smaller)."""
+    col = se_column(scored, metric)
+    if col is None:
+        return None
+    idx = scored.groupby(["n_params", column])["_s"].idxmin()
+    se = pd.to_numeric(scored.loc[idx.to_numpy(), col], errors="coerce")
+    se.index = idx.index
+    se = se.unstack(column)
+    best_se = pd.Series([se.loc[n, best.loc[n].idxmin()] for n in best.index], index=best.index)
+    return np.hypot(se, best_se.to_numpy()[:, None])
 
 
 def _panel_legend(fig, axes, n_used: int, *, title: str | None = None, extra=()) -> None:
@@ -374,6 +416,8 @@ def plot_degradation_vs_tokens(df: pd.DataFrame, y: str, *, fit: LawFit | None =
             cur = sign * sub.groupby("n_tokens")[y].median().sort_index()
             shown = cur.where(cur > 0) if use_log else cur
             ax.plot(shown.index, shown.to_numpy(), "o-", color=col, ms=4, lw=1.2, label=f"N = {n:.3g}")
+            pts = sub.sort_values("n_tokens")
+            error_bars(ax, pts, pts["n_tokens"], y, color=col, values=sign * pts[y].astype(float))
             if use_log:
                 flat_d += [(d, col) for d in cur.index[cur <= 0]]
             if fit is not None:

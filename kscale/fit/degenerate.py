@@ -183,9 +183,10 @@ def clean_points(
     report = CleanReport(n_in=n_in, n_out=len(out), reasons={k: v for k, v in reasons.items() if v}, mode=degenerate)
     if report.reasons:
         msg = f"{y}: {report.n_dropped} of {n_in} rows excluded, {report.message()}"
-        (log.warning if warn else log.info)(msg)  # warn=False: the caller reports it (or already did)
-        if warn:
+        if warn:  # one warning (no second log line saying the same); the report says each exclusion once
             warnings.warn(msg, DegeneratePointsWarning, stacklevel=2)
+        else:  # the caller reports it (or already did): repeating it per law and per resample is noise
+            log.debug(msg)
     return out, report
 
 

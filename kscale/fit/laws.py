@@ -70,6 +70,12 @@ class Law:
             When the true floor is known (the toy language's entropy rate) the fit bounds them
             below by it, because no model can beat it (:func:`kscale.fit.fit_law`, ``floor``).
         kind: ``"loss"`` (fits a metric) or ``"degradation"`` (fits ``delta_<metric>``).
+        precision_params: parameters that carry the precision effect (γ of ``neff``, the offsets
+            c_k of ``offset``); the report names their intervals when the law's precision effect
+            is not identified (an interval reaching a value where precisions stop differing).
+        budget_free_optimum: under this form the optimal k at a total-bits budget cannot depend on
+            the budget (a parallel shift in log total bits, or N_eff ∝ N at a fixed cost per
+            parameter): the report says so next to an answer built on it.
     """
 
     name: str
@@ -86,6 +92,8 @@ class Law:
     irreducible: tuple[str, ...] = ()
     kind: str = "loss"
     description: str = ""
+    precision_params: tuple[str, ...] = ()
+    budget_free_optimum: bool = False
 
     def __post_init__(self) -> None:
         unknown = set(self.positive) | set(self.grid) | set(self.bounds) | set(self.per_group)
@@ -106,6 +114,8 @@ class Law:
             raise ValueError(f"law {self.name!r}: a positive parameter cannot be fixed at 0")
         if not set(self.irreducible) <= set(self.positive):
             raise ValueError(f"law {self.name!r}: irreducible parameters must be positive; got {self.irreducible}")
+        if not set(self.precision_params) <= set(self.params):
+            raise ValueError(f"law {self.name!r}: precision_params {self.precision_params} not in params {self.params}")
         if self.kind not in LAW_KINDS:
             raise ValueError(f"law {self.name!r}: kind must be one of {LAW_KINDS}; got {self.kind!r}")
 
@@ -195,6 +205,7 @@ register_law(Law(
     bounds={"alpha": _EXPONENT_BOUNDS},
     group="bits",
     per_group=("E", "A", "alpha"),
+    precision_params=("E", "A", "alpha"),
     description="Independent power law per precision: the most flexible form, and the one the k-bit "
     "paper found fits poorly across precisions when made bivariate (§4).",
 ))
@@ -212,6 +223,8 @@ register_law(Law(
     group="bits",
     per_group=("c",),
     zero_at_reference=("c",),
+    precision_params=("c",),
+    budget_free_optimum=True,
     description="Dettmers & Zettlemoyer (2022, §4) found the per-precision curves almost parallel, "
     "suggesting one base function plus a per-precision offset. Here the offset multiplies the "
     "reducible loss: e^(c_k)·T^(−α) = (T·e^(−c_k/α))^(−α), i.e. precision k behaves like the "
@@ -229,6 +242,8 @@ register_law(Law(
     positive=("E", "A", "gamma"),
     grid={"E": _e_grid, "A": _LOG_A_GRID, "alpha": _EXPONENT_GRID, "gamma": (0.5, 1.0, 2.0, 4.0)},
     bounds={"alpha": _EXPONENT_BOUNDS},
+    precision_params=("gamma",),
+    budget_free_optimum=True,
     description="Kumar et al. 2024 ('Scaling Laws for Precision', Eq. 3-4): k-bit weights act like "
     "a smaller model with N_eff parameters; γ sets how fast precision saturates (they fit "
     "γ_w ≈ 2.7 for training-time weight precision).",

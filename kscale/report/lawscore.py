@@ -1,6 +1,10 @@
 """Which law: fit each registered law without the largest size(s) and score its prediction of them.
 
-A scaling law is a claim about models nobody measured, so the honest test is the next size up.
+A scaling law is a claim about models nobody measured, so the honest test is the next size up. For
+the question the study asks ("which k is best at this budget") the quantity that decides is the
+*precision effect* at that size (:func:`kscale.fit.precision_effect_score`: the spread across k and
+data types, and the order of k at equal total bits), not the level; loss laws that read ``bits`` are
+chosen by it, and both errors are reported.
 """
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from kscale.fit import LAWS, FitError, extrapolate
+from kscale.fit import LAWS, EffectScore, FitError, extrapolate, precision_effect_score
 from kscale.report.inputs import AUTO_LAW, FALLBACK_LAW
 from kscale.report.text import fmt, pct
 
@@ -24,6 +28,11 @@ class LawScore:
     reads_bits: bool
     note: str = ""
     ext: object = None
+    effect: EffectScore = EffectScore()
+
+    @property
+    def effect_error(self) -> float:
+        return self.effect.effect_error
 
 
 def compare_laws(df: pd.DataFrame, metric: str, names, *, n_holdout: int = 1) -> list[LawScore]:
@@ -48,7 +57,8 @@ def compare_laws(df: pd.DataFrame, metric: str, names, *, n_holdout: int = 1) ->
             out.append(LawScore(name, math.nan, math.nan, 0, reads_bits, "no held-out rows it can predict", ext))
             continue
         err, worst = held_out_error(ext, metric)
-        out.append(LawScore(name, err, worst, len(ext.heldout), reads_bits, "", ext))
+        effect = precision_effect_score(ext, df, metric) if reads_bits and spec.kind == "loss" else EffectScore()
+        out.append(LawScore(name, err, worst, len(ext.heldout), reads_bits, "", ext, effect))
     return out
 
 
@@ -77,39 +87,80 @@ def err_text(v: float, metric: str) -> str:
     return fmt(v) if is_log_scored(metric) else pct(v)
 
 
+def _by_effect(scores: list[LawScore]) -> bool:
+    """Choose by the precision effect when at least one eligible law has an effect error."""
+    return any(np.isfinite(s.effect_error) for s in scores)
+
+
+def _ranking(ok: list[LawScore], metric: str, by_effect: bool) -> str:
+    if by_effect:
+        return ", ".join(f"`{s.law}` {pct(s.effect_error)} (level {err_text(s.error, metric)})" for s in ok)
+    return ", ".join(f"`{s.law}` {err_text(s.error, metric)}" for s in ok)
+
+
 def choose_law(scores: list[LawScore], requested: str, *, need_bits: bool, fallback: str = FALLBACK_LAW,
                metric: str = "") -> tuple[str, str]:
-    """(law to use, one sentence saying why)."""
+    """(law to use, one sentence saying why).
+
+    Among the laws that can decide (those reading ``bits`` when ``need_bits``), the one whose
+    held-out precision-effect error is smallest (ties and laws without one: by level error); when
+    no law has a precision-effect score (one precision, degradation laws), by level error.
+    """
     ok = [s for s in scores if np.isfinite(s.error) and (s.reads_bits or not need_bits)]
-    ok.sort(key=lambda s: s.error)
-    ranking = ", ".join(f"`{s.law}` {err_text(s.error, metric)}" for s in ok)
-    name = error_name(metric)
+    by_effect = _by_effect(ok)
+    if by_effect:
+        ok = [s for s in ok if np.isfinite(s.effect_error)]
+        ok.sort(key=lambda s: (s.effect_error, s.error))
+        name = ("error of the predicted precision effect at the held-out size, Σ|Δpredicted − Δobserved| / "
+                f"Σ|Δobserved| with Δ = row − the size's highest-precision row (and {error_name(metric)} of the level)")
+    else:
+        ok.sort(key=lambda s: s.error)
+        name = error_name(metric)
+    ranking = _ranking(ok, metric, by_effect)
+    target = "precision effect at the held-out largest size" if by_effect else "held-out largest size"
     if requested != AUTO_LAW:
         if not ok:
             return requested, f"`{requested}` was used because it was asked for (no held-out comparison was possible)."
-        best = ok[0]
-        if best.law == requested:
-            return requested, (f"`{requested}` was asked for and also predicts the held-out largest size best "
-                               f"({name}: {ranking}).")
-        return requested, (f"`{requested}` was used because it was asked for; by held-out-size error `{best.law}` "
-                           f"predicts the largest size better ({name}: {ranking}).")
+        if ok[0].law == requested:
+            return requested, f"`{requested}` was asked for and also predicts the {target} best ({name}: {ranking})."
+        return requested, (f"`{requested}` was used because it was asked for; `{ok[0].law}` predicts the {target} "
+                           f"better ({name}: {ranking}).")
     if not ok:
         return fallback, (f"`{fallback}` was used by default: no law could be scored on a held-out size "
                           "(too few sizes or points).")
-    why = (f"`{ok[0].law}` was used: it predicts the held-out largest size best when fitted on the smaller ones "
-           f"({name}: {ranking})")
-    if len(ok) > 1 and ok[1].error < 1.25 * ok[0].error:
+    if by_effect:
+        why = (f"`{ok[0].law}` was used: fitted on the smaller sizes, it predicts the precision effect at the held-out "
+               f"largest size best — the quantity that decides which precision is optimal ({name}: {ranking})")
+        key = [s.effect_error for s in ok]
+    else:
+        why = (f"`{ok[0].law}` was used: it predicts the held-out largest size best when fitted on the smaller ones "
+               f"({name}: {ranking})")
+        key = [s.error for s in ok]
+    if len(ok) > 1 and key[1] < 1.25 * key[0]:
         why += f"; a weak preference, since `{ok[1].law}` is within 25% of it"
+    if by_effect and ok[0].effect_error >= 0.5:
+        why += (f"; even `{ok[0].law}` misses the measured precision effect by {pct(ok[0].effect_error)} of its size, "
+                "so no law here predicts what decides the answer well")
     if need_bits and any(np.isfinite(s.error) and not s.reads_bits for s in scores):
         why += "; laws that ignore `bits` were not eligible, since they cannot say which precision is best"
     return ok[0].law, why + "."
 
 
 def law_table(scores: list[LawScore], used: str, metric: str = "") -> list[str]:
-    head = "held-out mean abs. log ratio" if is_log_scored(metric) else "held-out mean abs. rel. error"
-    lines = [f"| law | formula | {head} | max | rows | note |", "|---|---|---|---|---|---|"]
-    for s in sorted(scores, key=lambda s: (not np.isfinite(s.error), s.error)):
+    head = "held-out mean abs. log ratio" if is_log_scored(metric) else "held-out level: mean abs. rel. error"
+    effect = any(np.isfinite(s.effect_error) for s in scores)
+    extra = (" | precision-effect error | spread across k, measured / predicted | order of k at equal bits"
+             if effect else "")
+    lines = [f"| law | formula | {head} | max{extra} | rows | note |", "|---" * (6 + (3 if effect else 0)) + "|"]
+    key = (lambda s: (not np.isfinite(s.effect_error), s.effect_error, s.error)) if effect else \
+        (lambda s: (not np.isfinite(s.error), s.error))
+    for s in sorted(scores, key=key):
         mark = " (used)" if s.law == used else ""
+        cells = ""
+        if effect:
+            e = s.effect
+            order = f"{e.rank_agreement:.0%} of {e.n_rank}" if e.n_rank else "n/a"
+            cells = f" | {pct(e.effect_error)} | {fmt(e.spread_observed)} / {fmt(e.spread_predicted)} | {order}"
         lines.append(f"| `{s.law}`{mark} | {LAWS.get(s.law).formula} | {err_text(s.error, metric)} | "
-                     f"{err_text(s.max_error, metric)} | {s.n_rows} | {s.note.replace('|', '/')} |")
+                     f"{err_text(s.max_error, metric)}{cells} | {s.n_rows} | {s.note.replace('|', '/')} |")
     return lines + [""]

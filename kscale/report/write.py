@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from kscale import plots
-from kscale.fit import DEFAULT_THRESHOLD
+from kscale.fit import DEFAULT_THRESHOLD, DegeneratePointsWarning
 from kscale.report.context import ReportOptions, SectionOutput, StudyContext
 from kscale.report.inputs import AUTO_LAW, load_study
 from kscale.report.sections import SECTION_ORDER, SECTIONS
@@ -65,7 +66,25 @@ def write_report(study_dir: str | Path, *, metric: str | None = None, law: str =
                             budgets=tuple(budgets) if budgets else None, n_holdout=n_holdout, threshold=threshold)
     df = load_study(study_dir) if df is None else df
     study = StudyContext(study_dir, df, options, out_dir)
-    return _write(study)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DegeneratePointsWarning)
+        report = _write(study)
+    _say_once(caught)
+    return report
+
+
+def _say_once(caught) -> None:
+    """Each exclusion of degenerate points once, as a log line (no Python source line); the
+    summary states them too. Other warnings are passed on unchanged."""
+    seen = set()
+    for w in caught:
+        if issubclass(w.category, DegeneratePointsWarning):
+            msg = str(w.message)
+            if msg not in seen:
+                seen.add(msg)
+                log.warning("degenerate points: %s", msg)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 def _write(study: StudyContext) -> Report:

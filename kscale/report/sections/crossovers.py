@@ -1,9 +1,16 @@
-"""Where one precision overtakes the next along total model bits (measured curves, no law)."""
+"""Where precisions change order along total model bits (measured curves, no law).
+
+Each pair of neighbouring precisions is compared at every total-bits value of either curve inside
+the range both measured (best row per size, linear in log total bits); every change of order is
+reported with its budget, and margins within the evaluation noise are marked (issue 17 §3): the
+last sign change alone misleads when the curves cross several times.
+"""
 from __future__ import annotations
 
-from kscale.pareto import crossover
+from kscale.fit.noise import noise_words
+from kscale.pareto import NOISE_SE, compare_precisions
 from kscale.report.context import FamilyContext, SectionOutput
-from kscale.report.text import bits_label
+from kscale.report.text import bits_label, fmt
 
 
 def crossover_section(ctx: FamilyContext) -> SectionOutput:
@@ -13,9 +20,39 @@ def crossover_section(ctx: FamilyContext) -> SectionOutput:
         return out
     ok = sub[sub["status"].astype(str) == "ok"] if "status" in sub.columns else sub
     ks = sorted(k for k in ok["bits"].dropna().astype(float).unique())
-    cross = [crossover(sub, metric, a, b) for a, b in zip(ks[:-1], ks[1:])]
-    if cross:
-        out.markdown += ["Crossovers (k-bit vs the next precision up, interpolated in log total bits): " + "; ".join(
-            f"{bits_label(c.low_bits)} vs {bits_label(c.high_bits)}: {c.status}"
-            + (f" at {c.total_bits:.3g} bits" if c.total_bits else "") for c in cross), ""]
+    comps = [compare_precisions(sub, metric, a, b) for a, b in zip(ks[:-1], ks[1:])]
+    if not comps:
+        return out
+    lines = []
+    for c in comps:
+        lines.append(f"- {_pair_sentence(c)}")
+    out.markdown += ["### Order of neighbouring precisions at equal total bits", "",
+                     "Each pair compared at every total-bits value of either curve inside the range both measured "
+                     "(best row per size; the other curve interpolated in log total bits, as the paper draws them). "
+                     f"Evaluation noise: {noise_words(sub, metric)}; a margin below {NOISE_SE:g} SE is within noise.",
+                     ""] + lines + [""]
     return out
+
+
+def _pair_sentence(c) -> str:
+    lo, hi = bits_label(c.low_bits), bits_label(c.high_bits)
+    head = f"{lo}-bit vs {hi}-bit: "
+    p = c.points
+    if p.empty:
+        return head + "no shared range of total bits."
+    ahead_lo = int((p["difference"] < 0).sum())
+    ahead_hi = int((p["difference"] > 0).sum())
+    noisy = p["within_noise"].dropna()
+    text = (head + f"{len(p)} budgets from {p['total_bits'].min():.3g} to {p['total_bits'].max():.3g} bits: "
+            f"{lo}-bit ahead at {ahead_lo}, {hi}-bit at {ahead_hi}")
+    if len(noisy):
+        text += f"; {int(noisy.sum())} of the margins within noise"
+    else:
+        text += f"; margins {fmt(p['difference'].abs().min())} to {fmt(p['difference'].abs().max())}, noise unknown"
+    if not c.changes:
+        return text + "; the order never changes."
+    parts = []
+    for x, ahead, within in c.changes:
+        mark = "" if within is None else (" (within noise)" if within else "")
+        parts.append(f"{x:.3g} bits ({bits_label(ahead)}-bit ahead above){mark}")
+    return text + f"; the order changes {len(c.changes)} time(s): at " + ", ".join(parts) + "."

@@ -8,7 +8,9 @@ from kscale.fit import FitError, candidate_frame, fit_law
 from kscale.fit.core import _target
 from kscale.report.context import FamilyContext, SectionOutput, _n_sizes
 from kscale.report.sections.law import applies, law_choice, law_fit
-from kscale.report.text import bits_label, pct
+from kscale.fit.noise import noise_words
+from kscale.report.form import FormCheck, effect_phrase, form_check
+from kscale.report.text import bits_label, fmt, pct
 
 #: Below this many model sizes a fit's decision probabilities are not reported: two sizes fix a
 #: curve through two points, and the bootstrap then measures noise, not the law's uncertainty.
@@ -29,7 +31,7 @@ def budgets_for(ctx: FamilyContext, fit) -> list[float]:
 
 def decision_section(ctx: FamilyContext) -> SectionOutput:
     out = SectionOutput()
-    if not applies(ctx):
+    if not applies(ctx) or ctx.n_sizes < 2:
         return out
     res = law_fit(ctx)
     fit, boot = res.fit, res.boot
@@ -65,11 +67,18 @@ def decision_section(ctx: FamilyContext) -> SectionOutput:
                   f"[{bits_label(r['bits_lo'])}, {bits_label(r['bits_hi'])}] | "
                   + " | ".join(f"{r[c]:.2f}" for c in pcols) + " |")
     md.append("")
-    out.answer = answer_sentence(ctx, dec, bl, boot)
+    check = form_check(fit, boot, ctx.law_rows, ctx.metric)
+    full, lo, hi = check.effect
+    if np.isfinite(full):
+        md += [f"Precision effect under the law at the largest measured size (spread across k at equal size): "
+               f"{effect_phrase(check)} in {ctx.metric}'s units; noise it must exceed: {fmt(check.tolerance)} "
+               f"(evaluation noise: {noise_words(ctx.law_rows, ctx.metric)}).", ""]
+    md += [f"- {s}" for s in check.sentences] + ([""] if check.sentences else [])
+    out.answer = answer_sentence(ctx, dec, bl, boot, check)
     return out
 
 
-def answer_sentence(ctx: FamilyContext, dec: pd.DataFrame, budgets, boot) -> str:
+def answer_sentence(ctx: FamilyContext, dec: pd.DataFrame, budgets, boot, check: FormCheck) -> str:
     choice = law_choice(ctx)
     chosen, metric, score = choice.law, ctx.metric, choice.score
     parts = answer_parts(dec)
@@ -78,21 +87,25 @@ def answer_sentence(ctx: FamilyContext, dec: pd.DataFrame, budgets, boot) -> str
     sentence = (f"{ctx.family}: under the `{chosen}` law fitted to {metric}, the optimal precision is " + "; ".join(parts)
                 + f" (bootstrap probability over {boot.n_resamples} resamples; 95% interval of the optimal bits "
                 f"[{lo}, {hi}]). ")
-    if decided:
+    flags = list(check.sentences)
+    if not check.identified:
+        sentence += flags.pop(0)
+    elif decided:
         sentence += f"That is decided at the {DECIDED_P:.0%} level within the law."
     else:
         sentence += (f"That is not decided: the best precision has P < {DECIDED_P:.2f} at some budget, so other "
                      "precisions remain plausible.")
+    if flags:
+        sentence += " " + " ".join(flags)
     if score is not None and np.isfinite(score.error):
         sentence += (f" The law itself is uncertain beyond the bootstrap: fitted without the largest size it "
-                     f"mispredicts that size by {pct(score.error)} on average.")
+                     f"mispredicts that size's level by {pct(score.error)} on average"
+                     + (f" and its precision effect by {pct(score.effect_error)}" if np.isfinite(score.effect_error) else "")
+                     + ".")
     sentence += " " + choice.why
     alt = [p for p in (point_decisions(ctx.law_rows, law, metric, budgets) for law in choice.others) if p]
     if alt:
         sentence += " The other laws' point fits say: " + "; ".join(alt) + "."
-    if chosen == "offset":
-        sentence += (" The `offset` law shifts one shared curve per precision, so its optimal k cannot depend on "
-                     "the budget; fit `--law power` for an answer that may.")
     return sentence
 
 

@@ -60,6 +60,11 @@ def law_section(ctx: FamilyContext) -> SectionOutput:
     out = SectionOutput()
     if not applies(ctx):
         return out
+    if ctx.n_sizes < 2:
+        sizes = ", ".join(sorted(ctx.law_rows["size"].astype(str).unique())) if "size" in ctx.law_rows else "one"
+        out.markdown += [f"One model size ({sizes}): there is nothing to fit; the measurements above are the result.", ""]
+        out.answer = f"{ctx.family}: one model size ({sizes}), so there is no law to fit; see the measured table."
+        return out
     choice = law_choice(ctx)
     chosen, metric, md = choice.law, ctx.metric, out.markdown
     ctx.study.laws_used[ctx.family] = chosen

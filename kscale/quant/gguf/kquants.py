@@ -27,14 +27,44 @@ from .search import min_scale_search, positive_scale_search, signed_scale_search
 QK_K = 256
 
 
-def _position_major(x: torch.Tensor, group: int) -> torch.Tensor:
+def position_major(x: torch.Tensor, group: int) -> torch.Tensor:
     """[super-blocks, 256] -> [group, super-blocks * (256 // group)] (see :mod:`._numerics`)."""
     return x.reshape(-1, group).T.contiguous()
 
 
-def _groups(t: torch.Tensor, nsb: int) -> torch.Tensor:
+def groups(t: torch.Tensor, nsb: int) -> torch.Tensor:
     """Position-major [group, nsb * k] back to [nsb, k, group]."""
     return t.T.reshape(nsb, -1, t.shape[0])
+
+
+def super_blocks(w: torch.Tensor, group: int) -> tuple[torch.Tensor, int, torch.Tensor]:
+    """A matrix as super-blocks [nsb, 256], their count, and its position-major groups of ``group``."""
+    x = w.reshape(-1, QK_K)
+    return x, x.shape[0], position_major(x, group)
+
+
+def imatrix_weights(x: torch.Tensor, imatrix: torch.Tensor, group: int, sigma_factor: int) -> torch.Tensor:
+    """``qw · sqrtf(sigma2 + x²)`` with ``sigma2 = factor·Σx²/256`` per super-block (factor 1 or 2,
+    as each ``_impl`` writes it); position-major [group, groups]."""
+    nsb = x.shape[0]
+    xt = x.T.contiguous()
+    total = seq_sum(xt * xt)
+    sigma2 = (sigma_factor * total if sigma_factor != 1 else total) / QK_K
+    qw = imatrix.view(-1, QK_K).repeat(nsb // (imatrix.numel() // QK_K), 1)
+    X = position_major(x, group)
+    return position_major(qw, group) * sqrt(sigma2.repeat_interleave(QK_K // group).unsqueeze(0) + X * X)
+
+
+def pack_2bit(L: torch.Tensor) -> torch.Tensor:
+    """2-bit values [nsb, 256] -> [nsb, 64]: value 128h + 32q + l at bits 2q of byte 32h + l."""
+    shifts = torch.tensor([0, 2, 4, 6], dtype=torch.uint8).view(1, 1, 4, 1)
+    return ((L.to(torch.uint8) & 3).view(-1, 2, 4, 32) << shifts).sum(dim=2, dtype=torch.uint8).view(-1, 64)
+
+
+def unpack_2bit(qs: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`pack_2bit` (uint8 [nsb, 256])."""
+    shifts = torch.tensor([0, 2, 4, 6], dtype=torch.uint8).view(1, 1, 4, 1)
+    return ((qs.reshape(-1, 2, 1, 32) >> shifts) & 3).reshape(-1, QK_K)
 
 
 def _six_bits(v: torch.Tensor) -> torch.Tensor:
@@ -60,8 +90,7 @@ def unpack_scale_min_k4(scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
 
 def _affine_scales(x: torch.Tensor, imatrix: torch.Tensor | None, nmax: int, ref_search: tuple[float, float, int]):
     """Sub-block (scale, -min, L) and the super-block's packed (d, dmin, 12 scale bytes)."""
-    nsb = x.shape[0]
-    X = _position_major(x, 32)
+    x, nsb, X = super_blocks(x, 32)
     if imatrix is None:
         av_x = sqrt(seq_sum(X * X) / 32)
         W = av_x + X.abs()
@@ -78,16 +107,14 @@ def _affine_scales(x: torch.Tensor, imatrix: torch.Tensor | None, nmax: int, ref
         lm = _six_bits(inv_min.unsqueeze(1) * mins)
         d, dmin = max_scale / 63, max_min / 63
     else:
-        sigma2 = 2 * seq_sum(x.T.contiguous() * x.T.contiguous()) / QK_K  # [nsb]
-        qw = imatrix.view(-1, QK_K).repeat(nsb // (imatrix.numel() // QK_K), 1)
-        W = _position_major(qw, 32) * sqrt(sigma2.repeat_interleave(8).unsqueeze(0) + X * X)
+        W = imatrix_weights(x, imatrix, 32, 2)
         sw = seq_sum(W).view(nsb, 8)
         scales, mins, L = min_scale_search(X, W, nmax, -0.9, 0.05, 36, False)
         SW = sw.T.contiguous()
         d, ls = positive_scale_search(scales.view(nsb, 8).T.contiguous(), 63, SW)
         dmin, lm = positive_scale_search(mins.view(nsb, 8).T.contiguous(), 63, SW)
         ls, lm = ls.T.clamp(max=63), lm.T.clamp(max=63)
-    return _groups(L, nsb), fp16(d), fp16(dmin), ls, lm
+    return groups(L, nsb), fp16(d), fp16(dmin), ls, lm
 
 
 def _requantize_affine(x: torch.Tensor, L: torch.Tensor, d: torch.Tensor, dmin: torch.Tensor, ls, lm, nmax: int):
@@ -121,12 +148,10 @@ quantize_q5_k = functools.partial(_quantize_affine_k, nmax=31)
 
 def quantize_q6_k(w: torch.Tensor, imatrix: torch.Tensor | None) -> torch.Tensor:
     rows = w.shape[0]
-    x = w.reshape(-1, QK_K)
-    nsb = x.shape[0]
-    X = _position_major(x, 16)
-    weights = None if imatrix is None else _position_major(imatrix.view(1, -1).expand(rows, -1).reshape(-1, QK_K), 16)
+    x, nsb, X = super_blocks(w, 16)
+    weights = None if imatrix is None else position_major(imatrix.view(1, -1).expand(rows, -1).reshape(-1, QK_K), 16)
     scales, L = signed_scale_search(X, 32, weights)
-    scales, L = scales.view(nsb, 16), _groups(L, nsb)
+    scales, L = scales.view(nsb, 16), groups(L, nsb)
     amax, max_scale = first_abs_max(scales, dim=1)
     empty = amax < GROUP_MAX_EPS
     iscale = f32(-128) / torch.where(empty, torch.ones_like(max_scale), max_scale)
@@ -136,8 +161,8 @@ def quantize_q6_k(w: torch.Tensor, imatrix: torch.Tensor | None) -> torch.Tensor
     new = nearest_int(x.view(nsb, 16, 16) / torch.where(dj != 0, dj, torch.ones_like(dj))).clamp_(-32, 31) + 32
     L = torch.where(dj != 0, new, L).to(torch.uint8).view(nsb, 2, 4, 32)  # [half, quarter, l]
     ql = torch.cat([pack_nibbles(L[:, :, 0], L[:, :, 2]), pack_nibbles(L[:, :, 1], L[:, :, 3])], dim=2)
-    qh = ((L >> 4) << torch.tensor([0, 2, 4, 6], dtype=torch.uint8).view(1, 1, 4, 1)).sum(dim=2, dtype=torch.uint8)
-    block = torch.cat([ql.reshape(nsb, 128), qh.reshape(nsb, 64), sc.to(torch.int8).view(torch.uint8), fp16_bytes(dh)], dim=1)
+    qh = pack_2bit((L >> 4).reshape(nsb, QK_K))
+    block = torch.cat([ql.reshape(nsb, 128), qh, sc.to(torch.int8).view(torch.uint8), fp16_bytes(dh)], dim=1)
     return torch.where(empty.unsqueeze(1), torch.zeros_like(block), block).view(rows, -1)
 
 
@@ -163,10 +188,10 @@ dequantize_q5_k = functools.partial(_dequantize_affine_k, nmax=31)
 
 def dequantize_q6_k(data: torch.Tensor) -> torch.Tensor:
     b = data.reshape(-1, 210)
-    ql, qh = b[:, :128].reshape(-1, 2, 1, 64), b[:, 128:192].reshape(-1, 2, 1, 32)
+    ql = b[:, :128].reshape(-1, 2, 1, 64)
     sc = b[:, 192:208].contiguous().view(torch.int8).to(torch.float32)
     d = bytes_fp16(b[:, 208:210])
     low = torch.cat([ql & 0xF, ql >> 4], dim=2).reshape(-1, 8, 32).to(torch.int64)
-    high = ((qh.to(torch.int64) >> torch.tensor([0, 2, 4, 6]).view(1, 1, 4, 1)) & 3).reshape(-1, 8, 32)
+    high = unpack_2bit(b[:, 128:192]).to(torch.int64).view(-1, 8, 32)
     q = ((low | (high << 4)) - 32).reshape(-1, 16, 16).to(torch.float32)
     return ((d * sc).unsqueeze(2) * q).reshape(-1, QK_K)

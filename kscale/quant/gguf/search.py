@@ -163,3 +163,36 @@ def positive_scale_search(x: torch.Tensor, nmax: int, weights: torch.Tensor) -> 
             suml2 = torch.where(take, sl2, suml2)
     scale = torch.where(suml2 > 0, sumlx / torch.where(suml2 > 0, suml2, torch.ones_like(suml2)), 0.0)
     return torch.where(zero, 0.0, scale), torch.where(zero, 0.0, _as_u8(L))
+
+
+def weighted_descent_search(x: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``make_q3_quants(n, nmax, x, L, do_rmse=true)`` on position-major ``x`` [n, groups].
+
+    Symmetric codes ``l`` in [-nmax, nmax-1] from ``-nmax/max``, then up to five passes of
+    coordinate descent weighted by x²: each code moves to the value the least-squares scale of the
+    others suggests when that improves the fit. Returns (scale, L = l + nmax; 0 for an all-zero group).
+    """
+    n = x.shape[0]
+    amax, vmax = first_abs_max(x, dim=0)
+    zero = amax < GROUP_MAX_EPS
+    iscale = f32(-nmax) / torch.where(zero, torch.ones_like(vmax), vmax)
+    L = nearest_int(iscale * x).clamp_(-nmax, nmax - 1)
+    w = x * x
+    wx = w * x
+    sumlx = seq_sum(wx * L)
+    suml2 = seq_sum(w * L * L)
+    for _ in range(5):  # a pass that changes nothing leaves the state as it is: no early exit needed
+        for i in range(n):
+            li = L[i]
+            slx = sumlx - wx[i] * li
+            sl2 = suml2 - w[i] * li * li
+            active = slx > 0
+            new_l = nearest_int(x[i] * sl2 / torch.where(active, slx, torch.ones_like(slx))).clamp_(-nmax, nmax - 1)
+            slx = slx + wx[i] * new_l
+            sl2 = sl2 + w[i] * new_l * new_l
+            take = active & (new_l != li) & (sl2 > 0) & (slx * slx * suml2 > sumlx * sumlx * sl2)
+            L[i] = torch.where(take, new_l, li)
+            sumlx = torch.where(take, slx, sumlx)
+            suml2 = torch.where(take, sl2, suml2)
+    scale = torch.where(suml2 > 0, sumlx / torch.where(suml2 > 0, suml2, torch.ones_like(suml2)), 0.0)
+    return torch.where(zero, 0.0, scale), torch.where(zero, 0.0, L + nmax)

@@ -17,9 +17,7 @@ from kscale.quant.gguf.ggml_reference import ggml_available, ggml_quantize
 gguf = pytest.importorskip("gguf", reason="the GGUF reference tests need the dev dependency gguf")
 pytestmark = pytest.mark.skipif(not ggml_available(), reason="needs the dev dependency libggml-python")
 
-from kscale.quant.gguf.kernels import KERNELS
-
-ALL = [name for name in GGUF_TYPES if name in KERNELS.names()]
+ALL = list(GGUF_TYPES)
 IMATRIX = [name for name in ALL if GGUF_TYPES[name].takes_imatrix]
 
 
@@ -103,6 +101,14 @@ def test_values_equal_gguf_dequantize(name):
     gauss = w[:6]
     rel = ((fake[:6] - gauss).norm() / gauss.norm()).item()
     assert rel < 2.0 ** (2 - t.bits_per_weight)
+
+
+def test_every_llama_cpp_type_of_the_issue_is_implemented():
+    from kscale.quant.gguf.kernels import KERNELS
+
+    expected = "q4_0 q4_1 q5_0 q5_1 q8_0 q2_k q3_k q4_k q5_k q6_k iq4_nl iq4_xs".split()
+    assert list(GGUF_TYPES) == expected and sorted(KERNELS.names()) == sorted(expected)
+    assert [name for name in expected if not GGUF_TYPES[name].takes_imatrix] == ["q8_0"]
 
 
 def test_sizes_match_ggml_tables():

@@ -15,7 +15,7 @@ import torch
 
 from kscale.registry import Registry
 
-from . import kquants, kquants_low, legacy
+from . import iquants, kquants, kquants_low, legacy
 from .types import GGUF_TYPES, GGUFType
 
 #: rows are quantized in chunks of about this many values
@@ -30,7 +30,7 @@ class GGUFKernel:
 
 KERNELS: Registry[GGUFKernel] = Registry("GGUF kernel")
 for _module, _names in ((legacy, ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0")), (kquants, ("q4_k", "q5_k", "q6_k")),
-                        (kquants_low, ("q2_k", "q3_k"))):
+                        (kquants_low, ("q2_k", "q3_k")), (iquants, ("iq4_nl", "iq4_xs"))):
     for _name in _names:
         KERNELS.register(_name, GGUFKernel(getattr(_module, f"quantize_{_name}"), getattr(_module, f"dequantize_{_name}")))
 

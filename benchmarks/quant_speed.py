@@ -12,11 +12,14 @@ call of each kernel, which compiles it (0 when an earlier case already built the
 Targets (numba, the float32 path CPU sweeps take): 4-bit types <= 3x the floor, 8-bit <= 6x;
 4-bit >= 8x faster than bitsandbytes.
 
-    python benchmarks/quant_speed.py [--size 4096] [--repeats 7] [--kernel auto|eager|compiled]
+    python benchmarks/quant_speed.py [--size 4096] [--repeats 7] [--kernel auto|eager|compiled] [--section all|blockwise|mx]
+
+``--section mx`` times only the microscaling types (:func:`mx_section`).
 """
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -89,12 +92,71 @@ def run_case(name: str, spec: QuantSpec, w: torch.Tensor, buf: torch.Tensor, bnb
           f"{', >= 8x bnb' if spec.bits == 4 else ''}: {'ok' if ok else 'MISSED'}")
 
 
+def alternating_ratios(run, w: torch.Tensor, repeats: int) -> tuple[float, float, float, float]:
+    """Median ms of ``run(buf)`` on a fresh copy of ``w`` and of the ``copy_`` floor, measured
+    alternately ``repeats`` times (after one warm-up round), with the median ratio and the
+    spread (min, max) of the per-round ratios: on a shared machine the load drifts within a run."""
+    buf, out = torch.empty_like(w), torch.empty_like(w)
+    ts, fs = [], []
+    for _ in range(repeats + 1):
+        buf.copy_(w)
+        t = time.perf_counter()
+        run(buf)
+        ts.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        out.copy_(w)
+        fs.append(time.perf_counter() - t)
+    ts, fs = ts[1:], fs[1:]
+    ratios = sorted(a / b for a, b in zip(ts, fs))
+    return 1e3 * statistics.median(ts), 1e3 * statistics.median(fs), statistics.median(ratios), ratios[0], ratios[-1]
+
+
+def mx_section(w: torch.Tensor, repeats: int) -> None:
+    """Issue 18 section 3: each microscaling type fake-quantized in place (``fake_quantize_mx_``;
+    the fused numba kernel for the OCP/NVIDIA types, eager torch for ggml's two), alternated with
+    the ``copy_`` floor; target <= 6x the floor for the OCP/NVIDIA types. ggml's own
+    ``ggml_quantize_chunk`` + gguf dequantize of the same tensor is timed for the ``gguf_*`` types."""
+    from kscale.quant.mx import MX_TYPES, fake_quantize_mx, fake_quantize_mx_
+
+    print(f"\nmicroscaling, {repeats} alternating rounds: median ms, median ratio to copy_ [min-max]")
+    print(f"{'type':<14}{'ms':>9}{'floor ms':>10}{'x floor':>9}{'spread':>18}  target / ggml")
+    for name, mx in MX_TYPES.items():
+        assert torch.equal(fake_quantize_mx_(w.clone(), name), fake_quantize_mx(w, name, kernel="eager")), name
+        ms, fl, ratio, lo, hi = alternating_ratios(lambda b: fake_quantize_mx_(b, name), w, repeats)
+        if mx.family == "ggml":
+            note = _ggml_reference_note(w, name, ms, repeats)
+        else:
+            note = f"<= 6x floor: {'ok' if ratio <= 6 else 'MISSED'}"
+        print(f"{name:<14}{ms:>9.1f}{fl:>10.1f}{ratio:>9.2f}{f'[{lo:.2f}-{hi:.2f}]':>18}  {note}")
+
+
+def _ggml_reference_note(w: torch.Tensor, name: str, ms: float, repeats: int) -> str:
+    try:
+        import gguf
+        from gguf.quants import dequantize
+
+        from kscale.quant.gguf.ggml_reference import ggml_available, ggml_quantize
+    except ImportError as err:
+        return f"ggml reference unavailable ({err})"
+    if not ggml_available():
+        return "ggml reference unavailable (libggml-python)"
+    qtype = getattr(gguf.GGMLQuantizationType, name.removeprefix("gguf_").upper())
+    ref = best_ms(lambda: dequantize(ggml_quantize(w, int(qtype)).numpy(), qtype), max(1, repeats // 2))
+    return f"ggml quantize+dequantize {ref:.1f} ms: {ms / ref:.2f}x ggml"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=4096)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--kernel", default="auto", choices=["auto", "eager", "compiled"])
+    ap.add_argument("--section", default="all", choices=["all", "blockwise", "mx"],
+                    help="mx: only the microscaling types (issue 18 section 3)")
     args = ap.parse_args()
+    if args.section == "mx":
+        torch.manual_seed(0)
+        mx_section(torch.randn(args.size, args.size) * 0.02, max(5, args.repeats))
+        return
     set_kernel(args.kernel)
     torch.manual_seed(0)
     w = torch.randn(args.size, args.size)
@@ -116,6 +178,8 @@ def main() -> None:
         _fast._state["numba"] = None if engine == "numba" else "off: measuring inductor"
         for name, spec in CASES:
             run_case(f"{name} {engine}", spec, w, buf, bnb, args.repeats)
+    if args.section == "all":
+        mx_section(w * 0.02, max(5, args.repeats))
 
 
 

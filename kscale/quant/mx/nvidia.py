@@ -26,7 +26,8 @@ E4M3_TINY = 2.0 ** -6
 
 def tensor_scale_of(w: torch.Tensor) -> torch.Tensor:
     """0-dim float32 per-tensor scale ``amax / 2688`` (torchao's ``per_tensor_amax_to_scale``)."""
-    scale = w.abs().amax().to(torch.float32) / (E4M3_MAX * E2M1_MAX)
+    lo, hi = torch.aminmax(w.detach())  # one pass, no |w| copy
+    scale = torch.maximum(-lo, hi).to(torch.float32) / (E4M3_MAX * E2M1_MAX)
     return torch.where(scale > 0, scale, torch.ones_like(scale))
 
 

@@ -90,10 +90,11 @@ def _hydra_choice(cfg: Any, group: str) -> str | None:
 
 def _check_axis_values(c: Mapping[str, Any]) -> None:
     """Validate each grid axis value on its own, so the error names the override."""
-    from kscale.quant import METHODS, QuantSpec
+    from kscale.quant import FORMATS, METHODS, QuantSpec
 
     probes = {
         "method": METHODS.get,  # unknown names raise with did-you-mean
+        "format": FORMATS.get,
         "bits": lambda v: QuantSpec(bits=v),
         "dtype": lambda v: QuantSpec(bits=4, dtype=v),
         "blocksize": lambda v: QuantSpec(bits=4, blocksize=v),
@@ -111,6 +112,9 @@ def _check_axis_values(c: Mapping[str, Any]) -> None:
             if axis == "seed":
                 if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                     raise ConfigError(f"invalid override seed={value}: seeds are integers >= 0")
+            elif axis == "imatrix":
+                if value is not None and not isinstance(value, bool):
+                    raise ConfigError(f"invalid override imatrix={value}: true or false")
             elif axis in probes:
                 try:
                     probes[axis](value)

@@ -40,9 +40,12 @@ log = logging.getLogger(__name__)
 #: and resume must decide what to skip without loading the model).
 IDENTITY_COLUMNS: tuple[str, ...] = (
     "family", "size", "checkpoint", "model_dtype", "model_options", "n_params",
-    "method", "method_options", "dtype", "bits", "blocksize", "centered", "exponent_bits",
+    "method", "method_options", "format", "dtype", "bits", "blocksize", "centered", "exponent_bits",
     "scale_bits", "outlier_frac", "seed", "eval_name", "eval_config",
 )
+#: The storage format of rows written before formats were a column (kscale.quant.formats):
+#: their key leaves ``format`` out, so resumed studies keep their keys.
+DEFAULT_FORMAT = "blockwise"
 MEASUREMENT_COLUMNS: tuple[str, ...] = ("bits_per_param", "total_bits", "n_quantized")
 COST_COLUMNS: tuple[str, ...] = ("quant_s", "eval_s", "peak_mem_gb")
 OUTCOME_COLUMNS: tuple[str, ...] = ("status", "error")
@@ -88,7 +91,10 @@ def row_key(identity: Mapping[str, Any]) -> str:
     >>> row_key({"bits": 4, "dtype": "int"}) == row_key({"dtype": "int", "bits": 4})
     True
     """
-    text = json.dumps(_canonical(dict(identity)), sort_keys=True, separators=(",", ":"))
+    identity = dict(identity)
+    if identity.get("format") in (None, DEFAULT_FORMAT):
+        identity.pop("format", None)  # the default format (and the baseline) hash as before formats
+    text = json.dumps(_canonical(identity), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -221,13 +227,17 @@ def _load_results(path: str | os.PathLike, *, all_statuses: bool):
     if not rows:
         return pd.DataFrame(columns=list(ROW_COLUMNS))
     df = pd.DataFrame(rows)
+    if "dtype" in df:  # rows from before formats were a column are blockwise (baseline: none)
+        missing = df["format"].isna() if "format" in df else True
+        df["format"] = df["format"] if "format" in df else None
+        df.loc[missing & df["dtype"].notna(), "format"] = DEFAULT_FORMAT
     if not all_statuses and "status" in df:
         df = df[df["status"].isin(FINAL_STATUSES)]
     # A final row beats an error row for the same key, then the newest wins.
     df = df.assign(_final=df["status"].isin(FINAL_STATUSES) if "status" in df else True)
     sort_cols = ["_final"] + (["timestamp"] if "timestamp" in df else [])
     df = df.sort_values(sort_cols, kind="stable").drop_duplicates("key", keep="last")
-    order = [c for c in ("family", "n_params", "size", "method", "dtype", "bits", "blocksize",
+    order = [c for c in ("family", "n_params", "size", "method", "format", "dtype", "bits", "blocksize",
                          "seed") if c in df]
     df = df.drop(columns="_final").sort_values(order, kind="stable", na_position="first")
     leading = [c for c in ROW_COLUMNS if c in df]

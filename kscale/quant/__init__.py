@@ -18,8 +18,6 @@ from kscale.quant.core import (
     block_constants,
     block_layout,
     codebook,
-    fake_quantize,
-    fake_quantize_,
     nearest_code,
     normalize_blocks,
     quantize,
@@ -28,6 +26,7 @@ from kscale.quant.core import (
 )
 from kscale.quant.dtypes import DTYPES, DataType
 from kscale.quant.filter import ModuleFilter
+from kscale.quant.formats import FORMATS, StorageFormat, fake_quantize, fake_quantize_, format_of, pack
 from kscale.quant.ledger import BitLedger, LedgerRow, ledger_for, tensor_row
 from kscale.quant.methods import METHODS, apply_method
 from kscale.quant.model import WeightSnapshot, quantize_matrix, quantize_matrix_, quantize_model
@@ -35,6 +34,10 @@ from kscale.quant.modules import quantizable_modules, set_weight_matrix, weight_
 from kscale.quant.spec import QuantSpec
 
 __all__ = [
+    "FORMATS",
+    "StorageFormat",
+    "format_of",
+    "pack",
     "METHODS",
     "BitLedger",
     "LedgerRow",

@@ -13,15 +13,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from kscale.quant.core import CODEBOOK_ENTRY_BITS, block_layout
-from kscale.quant.dtypes import DTYPES
 from kscale.quant.filter import ModuleFilter
+from kscale.quant.formats import format_of
 from kscale.quant.modules import quantizable_modules, weight_matrix
 from kscale.quant.spec import QuantSpec
 
 __all__ = ["BitLedger", "LedgerRow", "ledger_for", "tensor_row"]
-
-KEPT_BITS = 16  # columns kept out of quantization (proxy quantization) are stored in 16 bit
 
 
 @dataclass(frozen=True)
@@ -107,24 +104,13 @@ class BitLedger:
         }
 
 
-def tensor_row(name: str, shape: tuple[int, ...], spec: QuantSpec, n_kept_columns: int = 0) -> LedgerRow:
-    """Ledger row of one [out, in] matrix quantized with ``spec``; ``n_kept_columns`` input
-    columns stay in 16 bit and are left out of the block layout (the remaining [out, in - kept]
-    sub-matrix is what gets blocked)."""
-    out_f, in_f = int(shape[0]), int(shape[1])
-    numel = out_f * in_f
-    if spec.is_baseline:
-        return LedgerRow(name, numel, numel * 16, 0, 0)
-    kept = out_f * n_kept_columns
-    q_numel = numel - kept
-    constant_bits = 0
-    if q_numel:
-        layout = block_layout((out_f, in_f - n_kept_columns), spec.blocksize)
-        n_constants = layout.n_blocks * (2 if spec.centered else 1)
-        constant_bits = n_constants * spec.scale_bits
-        if DTYPES.get(spec.dtype).data_dependent:
-            constant_bits += 2**spec.bits * CODEBOOK_ENTRY_BITS
-    return LedgerRow(name, numel, q_numel * spec.bits, constant_bits, kept * KEPT_BITS)
+def tensor_row(name: str, shape: tuple[int, ...], spec: Any, n_kept_columns: int = 0) -> LedgerRow:
+    """Ledger row of one [out, in] matrix stored in ``spec``'s format (a format config, e.g. a
+    :class:`QuantSpec`); the format computes the exact cost (``kscale.quant.formats``).
+    ``n_kept_columns`` input columns stay in 16 bit and are left out of the block layout."""
+    cost = format_of(spec).tensor_cost(tuple(shape), spec, n_kept_columns)
+    numel = int(shape[0]) * int(shape[1])
+    return LedgerRow(name, numel, cost.payload_bits, cost.constant_bits, cost.other_bits)
 
 
 def _check_keep_columns(
@@ -174,7 +160,7 @@ def build_ledger(
 
 def ledger_for(
     model: nn.Module,
-    spec: QuantSpec,
+    spec: QuantSpec | Any,
     module_filter: ModuleFilter | None = None,
     *,
     keep_columns: Mapping[str, torch.Tensor] | None = None,

@@ -30,6 +30,7 @@ from torch import nn
 
 from kscale.quant.calibration import CalibrationConfig, CalibrationSet
 from kscale.quant.filter import ModuleFilter
+from kscale.quant.formats import format_of
 from kscale.quant.ledger import BitLedger, ledger_for
 from kscale.quant.model import quantize_model
 from kscale.quant.spec import QuantSpec
@@ -136,12 +137,14 @@ class QuantMethod:
             raise ValueError(f"method {self.name}: {err}") from None
 
     def check(self, spec: QuantSpec) -> None:
-        """Raise ``ValueError`` naming the rule if this method cannot run ``spec``."""
+        """Raise ``ValueError`` naming the rule if this method cannot run ``spec`` (any format
+        config; a format that only rounds to nearest rejects the other methods by name)."""
         if spec.is_baseline:
             raise ValueError(
                 f"method {self.name} quantizes to k < 16 bits; bits=16 is the unquantized "
                 f"baseline, which is method={BASELINE_METHOD}"
             )
+        format_of(spec).check_method(self.name)
 
     def with_calibration(self, config: MethodConfig, calibration: CalibrationSet | None) -> MethodConfig:
         """``config`` with the calibration fields as actually drawn (resolved seqlen/split)."""

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from kscale.quant.core import fake_quantize_
 from kscale.quant.filter import ModuleFilter
+from kscale.quant.formats import fake_quantize_
 from kscale.quant.ledger import BitLedger, _check_keep_columns, ledger_for
 from kscale.quant.modules import quantizable_modules, weight_matrix
 from kscale.quant.spec import QuantSpec
@@ -27,18 +27,23 @@ log = logging.getLogger(__name__)
 __all__ = ["quantize_model", "quantize_matrix", "quantize_matrix_", "WeightSnapshot"]
 
 
-def quantize_matrix(W: torch.Tensor, spec: QuantSpec, keep: torch.Tensor | None = None) -> torch.Tensor:
+def quantize_matrix(W: torch.Tensor, spec: QuantSpec, keep: torch.Tensor | None = None,
+                    imatrix: torch.Tensor | None = None) -> torch.Tensor:
     """Fake-quantize an [out, in] matrix; input columns where ``keep`` is True stay bit-identical
     and are left out of the block layout (the [out, in - kept] sub-matrix is blocked).
     Returns a new tensor; :func:`quantize_matrix_` writes into ``W`` instead."""
-    return quantize_matrix_(W.detach().clone(memory_format=torch.contiguous_format), spec, keep)
+    return quantize_matrix_(W.detach().clone(memory_format=torch.contiguous_format), spec, keep,
+                            imatrix)
 
 
-def quantize_matrix_(W: torch.Tensor, spec: QuantSpec, keep: torch.Tensor | None = None) -> torch.Tensor:
+def quantize_matrix_(W: torch.Tensor, spec: QuantSpec, keep: torch.Tensor | None = None,
+                     imatrix: torch.Tensor | None = None) -> torch.Tensor:
     """:func:`quantize_matrix` written into ``W``'s storage (``W`` may be a view of a module's
-    weight, e.g. ``Conv1D``'s transpose); returns ``W``. Kept columns are never written."""
+    weight, e.g. ``Conv1D``'s transpose); returns ``W``. Kept columns are never written.
+    ``spec`` is any format config (:mod:`kscale.quant.formats`); ``imatrix`` ([in]) is the
+    importance matrix of a format that takes one."""
     if keep is None or not bool(keep.any()):
-        return fake_quantize_(W, spec)
+        return fake_quantize_(W, spec, imatrix=imatrix)
     keep = keep.to(W.device)
     drop = ~keep
     if bool(drop.any()):
@@ -56,6 +61,7 @@ def quantize_model(
     keep_columns: Mapping[str, torch.Tensor] | None = None,
     progress: bool = True,
     unquantized_param_bits: int | None = 16,
+    imatrices: Mapping[str, torch.Tensor] | None = None,
 ) -> BitLedger:
     """Round-to-nearest quantize every selected ``nn.Linear``/``Conv1D`` weight in place.
 
@@ -67,6 +73,8 @@ def quantize_model(
             (proxy quantization, issue 7); counted as ``other_bits``.
         progress: show a tqdm bar over modules.
         unquantized_param_bits: see :class:`BitLedger`.
+        imatrices: module name -> [in_features] importance matrix, for a format configured to
+            use one (GGUF types with ``imatrix=True``; see :func:`kscale.quant.imatrix.importance_matrices`).
 
     Returns:
         The :class:`BitLedger` of the quantized model.
@@ -84,7 +92,8 @@ def quantize_model(
         if id(module.weight) in done:
             continue
         done.add(id(module.weight))
-        quantize_matrix_(weight_matrix(module), spec, keep.get(name))  # into the weight's storage
+        quantize_matrix_(weight_matrix(module), spec, keep.get(name),  # into the weight's storage
+                         (imatrices or {}).get(name))
     log.debug(
         "quantized %d matrices spec=%s in %.1fs (bits_per_param=%.4f)",
         len(done), spec.label, time.perf_counter() - start, ledger.bits_per_param,

@@ -152,7 +152,7 @@ def keep_columns_for(
 ) -> dict[str, Tensor] | None:
     """The ``keep_columns`` argument for ``quantize_model``/GPTQ from a spec: None when
     ``spec.outlier_frac == 0``; a ``ValueError`` if outliers are asked for without pairs."""
-    frac = spec.outlier_frac
+    frac = getattr(spec, "outlier_frac", 0.0)  # a format without the axis keeps no columns
     if frac == 0.0 or spec.is_baseline:
         return None
     pairs = tuple(outlier_pairs or ())

@@ -100,6 +100,12 @@ class QuantSpec:
         object.__setattr__(self, "outlier_frac", float(frac))
 
     @property
+    def format(self) -> str:
+        """The registered storage format this spec configures (``kscale.quant.formats``):
+        ``QuantSpec`` is the config of the paper's block-wise format."""
+        return "blockwise"
+
+    @property
     def is_baseline(self) -> bool:
         """``bits == 16``: the unquantized 16-bit baseline."""
         return self.bits == BASELINE_BITS

@@ -26,9 +26,14 @@ from typing import Any
 #: cell fields; the others are ``QuantSpec`` fields. The Hydra sweeper keeps comma lists of
 #: exactly these (plus ``model.sizes``/``model.revisions``) inside one job.
 QUANT_AXES: tuple[str, ...] = (
-    "method", "dtype", "bits", "blocksize", "centered", "exponent_bits", "scale_bits",
-    "outlier_frac", "seed",
+    "method", "format", "dtype", "bits", "blocksize", "centered", "exponent_bits", "scale_bits",
+    "outlier_frac", "imatrix", "seed",
 )
+#: Axes every cell takes whatever its format; the others belong to the formats that declare them
+#: (``StorageFormat.axes``), and a grid crossing a format with an axis it does not take expands
+#: per format, leaving that axis out of the format's cells and rows.
+CELL_AXES: tuple[str, ...] = ("method", "format", "seed")
+DEFAULT_FORMAT = "blockwise"
 #: Model-config axes whose comma lists become separate jobs of one plan (one load each).
 MODEL_AXES: tuple[str, ...] = ("model.sizes", "model.revisions")
 SPEC_FIELDS: tuple[str, ...] = (
@@ -81,6 +86,8 @@ class CellSpec:
         if self.is_baseline:
             return "16bit-baseline"
         q = self.quant
+        if getattr(q, "format", DEFAULT_FORMAT) != DEFAULT_FORMAT:
+            return f"{q.label}-{self.method}"
         text = f"{q.dtype}{q.bits}-b{q.blocksize}-{self.method}"
         if getattr(q, "centered", False):
             text += "-centered"
@@ -99,7 +106,7 @@ class CellSpec:
 
         The baseline's quantization fields other than ``bits`` are None: a 16-bit row has no
         data type or block size, and must not look like one of the grid's."""
-        row = dict(self.quant.to_row())
+        row = {"format": getattr(self.quant, "format", DEFAULT_FORMAT), **self.quant.to_row()}
         if self.is_baseline:
             row = {k: (v if k == "bits" else None) for k, v in row.items()}
         row.update(
@@ -134,6 +141,12 @@ def as_list(value: Any) -> list[Any]:
     return [value]
 
 
+def _formats():
+    from kscale.quant.formats import FORMATS
+
+    return FORMATS
+
+
 def expand_cells(
     axes: Mapping[str, Any],
     *,
@@ -144,47 +157,62 @@ def expand_cells(
 
     Args:
         axes: ``{axis: value or list of values}`` for the names in :data:`QUANT_AXES`.
-            Missing axes take the ``QuantSpec`` defaults.
+            Missing axes take the format config's defaults; ``format`` defaults to ``blockwise``.
+            Each format is crossed only with the axes it takes (``StorageFormat.axes``);
+            ``bits=16`` in the grid gives the one baseline cell whatever the formats.
         method_options: ``{method: {option: value}}``; each cell gets its method's options.
-        quant_spec_factory: builds a ``QuantSpec`` from keyword fields (default
+        quant_spec_factory: builds the blockwise config from keyword fields (default
             ``kscale.quant.QuantSpec``; its validation errors propagate as ``ValueError``).
 
     Raises:
-        ValueError: from ``QuantSpec`` validation, with the offending combination appended.
+        ValueError: from config validation, with the offending combination appended; an axis
+        that no selected format takes (other than the blockwise axes a config file always sets).
     """
     if quant_spec_factory is None:
         from kscale.quant import QuantSpec as quant_spec_factory  # noqa: N813
-    unknown = sorted(set(axes) - set(QUANT_AXES))
+    registry = _formats()
+    # the built-in axes, then any a registered format adds (a format is one file, its axes too)
+    known = QUANT_AXES + tuple(sorted({a for _, f in registry.items() for a in f.axes} - set(QUANT_AXES)))
+    unknown = sorted(set(axes) - set(known))
     if unknown:
-        raise ValueError(f"unknown grid axes {unknown}; allowed: {', '.join(QUANT_AXES)}")
+        raise ValueError(f"unknown grid axes {unknown}; allowed: {', '.join(known)}")
+    for name in axes:
+        if not as_list(axes[name]):
+            raise ValueError(f"grid axis {name!r} is an empty list; give at least one value")
+    formats = [registry.get(f) for f in dict.fromkeys(as_list(axes.get("format", DEFAULT_FORMAT)))]
+    taken = set(CELL_AXES).union(*(f.axes for f in formats))
+    orphan = sorted(set(axes) - taken - set(registry.get(DEFAULT_FORMAT).axes))
+    if orphan:
+        raise ValueError(f"grid axis {orphan[0]!r} is taken by none of the formats "
+                         f"{', '.join(f.name for f in formats)}")
     methods = _methods()
     method_options = method_options or {}
-    names = [a for a in QUANT_AXES if a in axes]
-    values = [as_list(axes[a]) for a in names]
-    for name, vals in zip(names, values):
-        if not vals:
-            raise ValueError(f"grid axis {name!r} is an empty list; give at least one value")
     cells: dict[CellSpec, None] = {}
     baseline: CellSpec | None = None
-    for combo in itertools.product(*values):
-        point = dict(zip(names, combo))
-        name = point.pop("method", "rtn")
-        seed = point.pop("seed", 0)
-        method = methods.get(name)  # unknown names raise with did-you-mean
-        if point.get("bits") == BASELINE_BITS and method.name != baseline_method():
-            point = {"bits": BASELINE_BITS}  # every 16-bit combination is the one baseline
-            method = methods.get(baseline_method())
-        try:
-            spec = quant_spec_factory(**point)
-            method.check(spec)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"{err} (grid point method={name} {point})") from None
-        if spec.is_baseline:
-            baseline = baseline or CellSpec(method.name, quant_spec_factory(bits=BASELINE_BITS), 0)
-            continue
-        seed = int(seed) if method.seed_matters else 0
-        options = _freeze(dict(method_options.get(method.name, {}) or {}))
-        cells.setdefault(CellSpec(method.name, spec, seed, options), None)
+    if BASELINE_BITS in as_list(axes.get("bits", [])):
+        baseline = CellSpec(baseline_method(), quant_spec_factory(bits=BASELINE_BITS), 0)
+    for fmt in formats:
+        names = [a for a in known if a in axes and a != "format"
+                 and (a in CELL_AXES or a in fmt.axes)]
+        values = [as_list(axes[a]) for a in names]
+        for combo in itertools.product(*values):
+            point = dict(zip(names, combo))
+            name = point.pop("method", "rtn")
+            seed = point.pop("seed", 0)
+            method = methods.get(name)  # unknown names raise with did-you-mean
+            if point.get("bits") == BASELINE_BITS or method.name == baseline_method() and \
+                    fmt.name != DEFAULT_FORMAT:
+                continue  # the baseline cell, made once above
+            try:
+                spec = quant_spec_factory(**point) if fmt.name == DEFAULT_FORMAT \
+                    else fmt.configure(**point)
+                method.check(spec)
+            except (TypeError, ValueError) as err:
+                where = "" if fmt.name == DEFAULT_FORMAT else f" format={fmt.name}"
+                raise ValueError(f"{err} (grid point method={name}{where} {point})") from None
+            seed = int(seed) if method.seed_matters else 0
+            options = _freeze(dict(method_options.get(method.name, {}) or {}))
+            cells.setdefault(CellSpec(method.name, spec, seed, options), None)
     return ([baseline] if baseline else []) + list(cells)
 
 

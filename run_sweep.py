@@ -18,6 +18,7 @@ device-hours, memory and disk (kscale.estimate); ``plan_out=plan.json`` also wri
 from __future__ import annotations
 
 import logging
+import sys
 
 import hydra
 from omegaconf import DictConfig
@@ -34,17 +35,35 @@ def main(cfg: DictConfig) -> object:
     from kscale.config import build_plan
     from kscale.estimate import plan_settings, report_plan
     from kscale.sweep import finish_study, run_plan
+    from kscale.sweep.preflight import PreflightError, preflight
 
     plan = build_plan(cfg)
     settings = plan_settings(cfg)
     if settings["plan"]:  # hydra.mode=RUN (or another sweeper): estimate this job, run nothing
         print(report_plan([plan], settings)[1])
         return []
+    alone = HydraConfig.get().mode == RunMode.RUN  # hydra.mode=RUN: no sweeper, check and finish here
+    if alone:
+        try:
+            preflight([plan])
+        except PreflightError as err:
+            print(f"run_sweep.py: {err}", file=sys.stderr)
+            sys.exit(2)
     summaries = run_plan(plan)
-    if HydraConfig.get().mode == RunMode.RUN:  # hydra.mode=RUN: no sweeper, finish here
-        print(finish_study(plan.study_dir, report=bool(cfg.get("report", True))).text())
+    if alone:
+        print(finish_study(plan.study_dir, report=bool(cfg.get("report", True)),
+                           tracking=plan.tracking).text())
     return summaries
 
 
+#: What Ctrl-C prints instead of a traceback: rows are appended per finished cell, so rerunning
+#: the command skips them and redoes only the cell that was in flight.
+INTERRUPTED = "interrupted — rerun the same command to resume (finished cells are kept)"
+
+
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        print(f"\n{INTERRUPTED}", file=sys.stderr)
+        sys.exit(130)

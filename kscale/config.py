@@ -44,6 +44,11 @@ SWEEP_KEYS: tuple[str, ...] = (
     "model", "eval",
 )
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+#: Settings that are true or false. Anything else is rejected: a string such as ``rerun=no`` is
+#: truthy, so reading it with ``bool()`` would silently re-run every finished cell.
+BOOL_SETTINGS: tuple[str, ...] = ("rerun", "progress", "report", "plan", "plan_probe")
+#: The same rule for the model group's switches.
+MODEL_BOOL_KEYS: tuple[str, ...] = ("trust_remote_code",)
 
 
 class ConfigError(ValueError):
@@ -86,6 +91,14 @@ def _hydra_choice(cfg: Any, group: str) -> str | None:
     except Exception:  # noqa: BLE001
         pass
     return None
+
+
+def check_bool(setting: str, value: Any) -> bool:
+    """``value`` if it is a real boolean, else a :class:`ConfigError` naming the setting."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"invalid override {setting}={value!r}: {setting} is a switch; "
+                          "allowed values: true, false")
+    return value
 
 
 def _check_axis_values(c: Mapping[str, Any]) -> None:
@@ -215,6 +228,9 @@ def _model_plan(model: Mapping[str, Any], *, check_hub: bool = True) -> tuple[li
     if unknown:
         raise ConfigError(f"invalid model config: unknown keys {unknown}. "
                           f"Allowed: {', '.join(MODEL_KEYS + MODEL_INFO_KEYS)}")
+    for key in MODEL_BOOL_KEYS:
+        if model.get(key) is not None:
+            check_bool(f"model.{key}", model[key])
     kw = {k: v for k, v in model.items()
           if k in MODEL_KEYS and k not in ("name", "sizes") and v is not None}
     kw["local_paths"] = {k: v for k, v in (kw.get("local_paths") or {}).items() if v is not None}
@@ -316,6 +332,9 @@ def build_plan(cfg: Any) -> SweepPlan:
         choice = _hydra_choice(cfg, group)
         if choice:
             config.setdefault("choices", {})[group] = choice
+    for key in BOOL_SETTINGS:
+        if key in c:
+            check_bool(key, c[key])
     return SweepPlan(
         name=name, results_dir=results_dir, models=tuple(models), cells=tuple(cells), eval=ev,
         data_dir=data_dir, cache_dir=cache_dir, rerun=bool(c.get("rerun", False)),

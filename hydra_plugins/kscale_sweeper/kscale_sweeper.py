@@ -220,6 +220,7 @@ class KscaleSweeper(Sweeper):
             _, text = report_plan(list(plans.values()), settings, models=self.all_models)
             print(text, flush=True)  # noqa: T201 - the CLI's output
             return []
+        _preflight(plans.values(), self.config if jobs else None)
         if not jobs:
             log.info("nothing to run: every cell of this sweep is finished")
         batch_size = self.max_batch_size or max(len(jobs), 1)
@@ -237,12 +238,37 @@ class KscaleSweeper(Sweeper):
                     first_failure = first_failure or err
             returns.append(results)
         report = bool(self.config.get("report", True))
-        for plan in plans.values():
-            summary = finish_study(plan.study_dir, report=report and first_failure is None)
+        ran = {str(plan.study_dir) for _, plan, _ in jobs}
+        for key, plan in plans.items():
+            # a command that ran nothing leaves an exported study as it was (committed results
+            # stay byte-identical; `python -m kscale.report <study>` redraws on demand)
+            write = key in ran or not (plan.study_dir / "table.parquet").exists()
+            summary = finish_study(plan.study_dir, report=report and first_failure is None,
+                                   write=write, tracking=plan.tracking)
             print(summary.text(), flush=True)  # noqa: T201 - the CLI's final output
         if first_failure is not None:
             raise first_failure
         return returns
+
+
+def _preflight(plans: Any, config: Optional[DictConfig]) -> None:
+    """kscale.sweep.preflight before any work: the study folders are writable, wandb online can
+    log, and (when jobs are to be launched through SLURM, ``config`` given) ``sbatch`` answers."""
+    from omegaconf import OmegaConf
+
+    from kscale.sweep.preflight import PreflightError, preflight
+
+    launcher = None
+    if config is not None:
+        node = OmegaConf.select(config, "hydra.launcher", default=None)
+        try:
+            launcher = OmegaConf.to_container(node, resolve=True) if node is not None else None
+        except Exception:  # noqa: BLE001 - an unresolvable launcher field: check what resolves
+            launcher = OmegaConf.to_container(node, resolve=False)
+    try:
+        preflight(list(plans), launcher=launcher)
+    except PreflightError as err:
+        raise InvalidSweepConfig(str(err)) from None
 
 
 def _job_label(spec: Any) -> str:

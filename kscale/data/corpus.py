@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kscale.net import hub_unavailable_reason
 from kscale.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -73,25 +74,6 @@ def check_source(source: str) -> str:
     if source not in SOURCES:
         raise ValueError(f"data source must be one of {', '.join(SOURCES)}; got {source!r}")
     return source
-
-
-def hub_offline() -> bool:
-    """True when the environment forbids hub access (``HF_HUB_OFFLINE``/``HF_DATASETS_OFFLINE``)."""
-    return any(
-        os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on")
-        for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
-    )
-
-
-def hub_unavailable_reason() -> str | None:
-    """Why the hub cannot serve data right now (disabled by the environment, or unreachable: one
-    3 s TCP probe per process), or None. Checked before ``datasets.load_dataset``, whose retries
-    would otherwise spend minutes on an offline machine before failing."""
-    if hub_offline():
-        return "the hub is disabled (HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set)"
-    from kscale.models.loading import _hub_unreachable_reason
-
-    return _hub_unreachable_reason()
 
 
 def hub_error(what: str, local: Path | str | None, why: str) -> DataError:

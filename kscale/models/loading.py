@@ -14,17 +14,15 @@ which counts tied input/output embeddings once), never parsed from the size labe
 """
 from __future__ import annotations
 
-import functools
 import logging
 import os
-import socket
-import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kscale.models.family import PROVIDERS, STEP_REVISION, ModelFamily, get_family
+from kscale.net import hub_unavailable_reason
 from kscale.registry import UnknownNameError, did_you_mean
 
 log = logging.getLogger(__name__)
@@ -80,34 +78,6 @@ class LoadedModel:
     tokenizer: Any
     spec: ModelSpec
     n_params: int
-
-
-def _hub_disabled() -> bool:
-    return any(
-        os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
-        for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-    )
-
-
-@functools.lru_cache(maxsize=1)
-def _hub_unreachable_reason() -> str | None:
-    """Why the Hugging Face hub cannot be reached (None if it can, or if a proxy is configured).
-
-    One TCP connect with a 3 s timeout, once per process: without it, an offline machine spends
-    minutes in huggingface_hub's retries per checkpoint before failing deep inside a job. With a
-    proxy configured a direct connect proves nothing, so the check is skipped.
-    """
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return None
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    parsed = urllib.parse.urlparse(endpoint)
-    host = parsed.hostname or "huggingface.co"
-    port = parsed.port or (80 if parsed.scheme == "http" else 443)
-    try:
-        with socket.create_connection((host, port), timeout=3):
-            return None
-    except OSError as err:
-        return f"{endpoint} is unreachable ({err.strerror or err})"
 
 
 def _in_hf_cache(repo_id: str, revision: str | None) -> bool:
@@ -251,7 +221,8 @@ def resolve_models(
 
     Args:
         family: a registry name or a :class:`ModelFamily`.
-        sizes: labels to run, in order; ``None``/``"all"`` = every size of the family.
+        sizes: labels to run, in order; ``"all"`` = every size of the family; ``None`` = every
+            size, or only the sizes ``local_paths`` names when it names some (and no ``local_dir``).
         local_dir: a root folder with one sub-folder per size (named ``<size>``, the repo name
             ``opt-125m``, or ``org/repo``); every selected size must be found there. A revision
             ``r`` of a size is the sub-folder ``<size>/<r>/`` (or ``<size>/revisions/<r>/``).
@@ -281,7 +252,11 @@ def resolve_models(
     table = dict(fam.sizes)
     table.update(checkpoints or {})
     local_paths = {str(k): v for k, v in (local_paths or {}).items()}
-    if sizes is None or sizes == "all" or (isinstance(sizes, Sequence) and list(sizes) == ["all"]):
+    if sizes is None and local_paths and local_dir is None:
+        # a checkpoint named for some sizes is a choice of sizes: the others are not fetched
+        # from the hub behind the user's back (model.sizes=all asks for every size)
+        selected = [s for s in table if s in local_paths] + [s for s in local_paths if s not in table]
+    elif sizes is None or sizes == "all" or (isinstance(sizes, Sequence) and list(sizes) == ["all"]):
         selected = list(table) + [s for s in local_paths if s not in table]
     elif isinstance(sizes, str):
         selected = [sizes]
@@ -329,8 +304,7 @@ def resolve_models(
                 opts = dict(provider_options or {})
                 local = Path(provider.locate(size, opts) if rev is None else provider.locate(size, opts, rev))
             elif local is None and check_hub and not _in_hf_cache(checkpoint, rev):
-                why = ("the hub is disabled (HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE is set)" if _hub_disabled()
-                       else _hub_unreachable_reason())
+                why = hub_unavailable_reason()
                 if why:
                     at = f" at revision {rev!r}" if rev is not None else ""
                     raise ModelConfigError(

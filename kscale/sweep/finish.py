@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from kscale.results import export_table, load_results
+from kscale.tracking import TrackingSpec, log_study
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +40,12 @@ class StudySummary:
         return "\n".join(lines)
 
 
-def finish_study(study_dir: str | Path, *, report: bool = True) -> StudySummary:
+def finish_study(study_dir: str | Path, *, report: bool = True, write: bool = True,
+                 tracking: TrackingSpec | None = None) -> StudySummary:
     """Export ``table.parquet``/``table.csv`` and (``report=True``) call ``kscale.report``.
+
+    ``write=False`` (a command that ran nothing, its table already exported) only reads and
+    counts: the files a study committed stay untouched. ``tracking``: a study summary run.
 
     Raises:
         Exception: from ``kscale.report.write_report`` (a real error; the table is already safe).
@@ -51,9 +56,13 @@ def finish_study(study_dir: str | Path, *, report: bool = True) -> StudySummary:
     summary.n_rows = len(df)
     if not df.empty:
         summary.statuses = {str(k): int(v) for k, v in df["status"].value_counts().items()}
-        summary.tables = export_table(study_dir)
+        summary.tables = export_table(study_dir) if write else {}
+    if not write:
+        return summary
     if report and not df.empty and (df["status"] == "ok").any():
         from kscale.report import write_report
 
         summary.report = write_report(study_dir, df=df)  # the rows are loaded once
+    if tracking is not None:
+        log_study(tracking, study_dir, report=summary.report)
     return summary

@@ -21,6 +21,7 @@ from kscale.sweep.plan import SweepPlan
 from kscale.sweep.progress import CellProgress
 from kscale.sweep.provenance import git_sha, now, provenance_static
 
+from kscale.tracking import make_tracker
 log = logging.getLogger(__name__)
 
 __all__ = ["CellErrors", "JobSummary", "cell_identity", "git_sha", "job_name", "model_identity",
@@ -57,8 +58,6 @@ def run_job(plan: SweepPlan, model_spec: Any) -> JobSummary:
         CellErrors: after all cells ran, if any cell raised an unexpected exception.
         Exception: loading or reference evaluation failures (real errors) propagate.
     """
-    from kscale.tracking import make_tracker  # lazily: tracking imports the sweep's plan types
-
     name = job_name(model_spec)
     keyed = [(cell, cell_identity(plan, model_spec, cell)) for cell in plan.cells]
     keyed = [(cell, ident, row_key(ident)) for cell, ident in keyed]

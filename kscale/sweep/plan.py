@@ -12,25 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from kscale.sweep.grid import CellSpec
+from kscale.tracking import WANDB_MODES, TrackingSpec
 
-WANDB_MODES: tuple[str, ...] = ("disabled", "offline", "online")
-
-
-@dataclass(frozen=True)
-class TrackingSpec:
-    """Weights & Biases settings. ``mode="disabled"`` (the default) never imports wandb."""
-
-    mode: str = "disabled"
-    project: str = "kscale"
-    entity: str | None = None
-    dir: str | None = None
-    tags: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.mode not in WANDB_MODES:
-            raise ValueError(
-                f"wandb.mode must be one of {', '.join(WANDB_MODES)}; got {self.mode!r}"
-            )
+__all__ = ["WANDB_MODES", "EvalPlan", "SweepPlan", "TrackingSpec"]
 
 
 @dataclass(frozen=True)

@@ -14,15 +14,15 @@ from kscale.evaluate import PerplexitySpec, ZeroShotSpec, check_eval_data
 @pytest.fixture
 def unreachable_hub(monkeypatch):
     """Hub allowed by the environment but unreachable: a closed local port refuses at once."""
-    from kscale.models import loading
+    from kscale import net
 
     for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "HTTPS_PROXY", "https_proxy",
                 "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
-    loading._hub_unreachable_reason.cache_clear()
+    net.hub_unreachable_reason.cache_clear()
     yield
-    loading._hub_unreachable_reason.cache_clear()
+    net.hub_unreachable_reason.cache_clear()
 
 
 def test_check_available_local_and_missing(data_dir, tmp_path):

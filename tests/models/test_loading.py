@@ -97,9 +97,10 @@ def test_unreachable_hub_fails_fast_with_a_clear_error(monkeypatch):
     the endpoint, instead of minutes of retries inside a job."""
     import socket
 
-    from kscale.models import loading
+    from kscale import net
 
-    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "HTTPS_PROXY", "https_proxy",
+                "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HF_ENDPOINT", "https://hub.example.invalid")
     attempts = []
@@ -109,10 +110,10 @@ def test_unreachable_hub_fails_fast_with_a_clear_error(monkeypatch):
         raise OSError(111, "Connection refused")
 
     monkeypatch.setattr(socket, "create_connection", refuse)
-    loading._hub_unreachable_reason.cache_clear()
+    net.hub_unreachable_reason.cache_clear()
     try:
         with pytest.raises(ModelConfigError, match=r"facebook/opt-125m.*hub.example.invalid is unreachable"):
             resolve_models("opt", ["125m", "350m"])
     finally:
-        loading._hub_unreachable_reason.cache_clear()
+        net.hub_unreachable_reason.cache_clear()
     assert attempts == [(("hub.example.invalid", 443), 3)]  # probed once, with a short timeout

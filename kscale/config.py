@@ -252,25 +252,45 @@ def _model_plan(model: Mapping[str, Any], *, check_hub: bool = True) -> tuple[li
 
 
 def _eval_plan(cfg: Any, ev: Mapping[str, Any]) -> EvalPlan:
-    from kscale.evaluate import eval_specs_from_config
+    from kscale.evaluate import eval_specs_from_config, sequential_from_config
 
     if not isinstance(ev, Mapping):
         raise ConfigError("invalid eval config: choose one with eval=<name> (conf/eval/<name>.yaml)")
     name = str(ev.get("name") or _hydra_choice(cfg, "eval") or "custom")
     try:
         specs = eval_specs_from_config(ev)
+        sequential_from_config(ev)  # eval.target_se & co. validated before any load
     except (KeyError, ValueError) as err:
         raise ConfigError(f"invalid override eval={name}: {err}") from None
     if not specs:
         raise ConfigError(f"invalid override eval={name}: it names no perplexity dataset and no "
                           "zero-shot task; every cell would measure nothing")
-    batch_size = ev.get("batch_size", 1)
+    if not ev.get("name"):
+        name = _evaluated_name(name, ev, specs)
+    # a custom or group eval without a batch size gets the largest that fits, as a user expects
+    batch_size = ev.get("batch_size", "auto")
     if batch_size != "auto" and (not isinstance(batch_size, int) or isinstance(batch_size, bool)
                                  or batch_size < 1):
         raise ConfigError(f"invalid override eval.batch_size={batch_size!r}: a positive integer "
                           "(sequences per forward pass) or auto (the largest that fits)")
-    return EvalPlan(name=name, config=dict(ev), specs=tuple(specs),
+    # unset sequential options leave the config (hence every cell's key) as it was before they existed
+    config = {k: v for k, v in ev.items() if not (k in ("target_se", "target_acc_se") and v is None)}
+    return EvalPlan(name=name, config=config, specs=tuple(specs),
                     source=str(ev.get("source") or "auto"), batch_size=batch_size)
+
+
+def _evaluated_name(group: str, ev: Mapping[str, Any], specs: Sequence[Any]) -> str:
+    """The eval's name as rows record it: the config group's name, unless ``eval.perplexity`` or
+    ``eval.zeroshot`` was overridden away from the group's file, then what was evaluated
+    (``piqa+winogrande``), so a row never claims ``wikitext2`` for a zero-shot-only run."""
+    from omegaconf import OmegaConf
+
+    file = Path(__file__).resolve().parents[1] / "conf" / "eval" / f"{group}.yaml"
+    if file.is_file():
+        base = OmegaConf.to_container(OmegaConf.load(file), resolve=True) or {}
+        if all(list(base.get(k) or []) == list(ev.get(k) or []) for k in ("perplexity", "zeroshot")):
+            return group
+    return "+".join(s.key for s in specs)
 
 
 def _tracking(c: Mapping[str, Any], name: str) -> TrackingSpec:

@@ -37,12 +37,12 @@ from kscale.estimate.devices import DEVICES, GIB, DeviceProfile, device_profile,
 from kscale.estimate.sizes import (PLAN_PARAM_COUNTERS, calibration_tokens, forward_flops, head_params_for,
                                    n_params_for, vocab_size_for, weight_bytes_per_param)
 from kscale.estimate.tokens import PLAN_TOKENIZERS, EvalTokens, eval_tokens, plan_tokenizer
-from kscale.estimate.jobs import (ROW_BYTES_BASE, ROW_BYTES_PER_EVAL, JobEstimate, PlanEstimate, estimate_job,
-                                  estimate_plans, plan_settings, probe_rate, report_plan, write_plan)
+from kscale.estimate.jobs import (ROW_BYTES_BASE, ROW_BYTES_PER_EVAL, SEQUENTIAL_STOP_FRACTION, JobEstimate,
+                                  PlanEstimate, estimate_job, estimate_plans, plan_settings, probe_rate, report_plan, write_plan)
 
 __all__ = [
     "DEVICES", "GIB", "PLAN_PARAM_COUNTERS", "PLAN_TOKENIZERS", "ROW_BYTES_BASE", "ROW_BYTES_PER_EVAL",
-    "DeviceProfile", "EvalTokens", "JobEstimate", "PlanEstimate", "calibration_tokens", "device_profile",
+    "SEQUENTIAL_STOP_FRACTION", "DeviceProfile", "EvalTokens", "JobEstimate", "PlanEstimate", "calibration_tokens", "device_profile",
     "estimate_job", "estimate_plans", "eval_tokens", "forward_flops", "head_params_for", "local_device_name",
     "n_params_for", "plan_settings", "plan_tokenizer", "probe_rate", "report_plan", "vocab_size_for",
     "weight_bytes_per_param", "write_plan",

@@ -27,6 +27,8 @@ class DeviceProfile:
             figure; ``plan_probe=true`` measures it instead.
         mem_gb: memory of one device (GiB).
         description: where the numbers come from.
+        kind: ``gpu`` (a job too large for one is sharded over several with ``device_map=auto``)
+            or ``cpu`` (one host's RAM: nothing to shard over, advice names a GPU profile instead).
     """
 
     name: str
@@ -34,6 +36,7 @@ class DeviceProfile:
     tflops32: float
     mem_gb: float
     description: str = ""
+    kind: str = "gpu"
 
     def rate(self, model_dtype: str) -> float:
         """Sustained FLOP/s for weights stored as ``model_dtype``."""
@@ -55,7 +58,7 @@ DEVICES.register("v100", DeviceProfile("v100", 50.0, 6.0, 32.0,
                                        "V100 32GB: 125 fp16 tensor TFLOP/s peak x 0.4; fp32 15.7 x 0.4"))
 DEVICES.register("cpu", DeviceProfile("cpu", 0.05, 0.1, 0.0,
                                       "a small multi-core server CPU (fp32 GEMM ~100 GFLOP/s, "
-                                      "fp16 slower); memory = this machine's RAM; prefer plan_probe"))
+                                      "fp16 slower); memory = this machine's RAM; prefer plan_probe", kind="cpu"))
 
 
 def device_profile(name: str, overrides: Mapping[str, Mapping[str, Any]] | None = None) -> DeviceProfile:
@@ -64,11 +67,13 @@ def device_profile(name: str, overrides: Mapping[str, Mapping[str, Any]] | None 
     if name in overrides:
         base = DEVICES.get(name) if name in DEVICES else DeviceProfile(name, 0.0, 0.0, 0.0)
         extra = dict(overrides[name])
-        unknown = sorted(set(extra) - {"tflops16", "tflops32", "mem_gb", "description"})
+        unknown = sorted(set(extra) - {"tflops16", "tflops32", "mem_gb", "description", "kind"})
         if unknown:
             raise ValueError(f"plan_devices.{name}: unknown keys {unknown}; allowed tflops16, tflops32, "
-                             "mem_gb, description")
-        prof = replace(base, **{k: (float(v) if k != "description" else str(v)) for k, v in extra.items()})
+                             "mem_gb, description, kind")
+        if extra.get("kind", "gpu") not in ("gpu", "cpu"):
+            raise ValueError(f"plan_devices.{name}.kind must be gpu or cpu; got {extra['kind']!r}")
+        prof = replace(base, **{k: (str(v) if k in ("description", "kind") else float(v)) for k, v in extra.items()})
     else:
         prof = DEVICES.get(name)  # unknown -> did-you-mean error
     if prof.name == "cpu" and prof.mem_gb <= 0:

@@ -54,6 +54,8 @@ class JobEstimate:
     needs_device_map: bool
     disk_bytes: int
     notes: tuple[str, ...] = ()
+    #: device-hours with sequential evaluation (quantized cells at SEQUENTIAL_STOP_FRACTION of their tokens)
+    hours_sequential: float | None = None
 
     @property
     def to_run(self) -> int:
@@ -81,6 +83,11 @@ class JobEstimate:
 #: perplexity dataset; every further dataset/task adds its metrics and protocol string.
 ROW_BYTES_BASE = 1500
 ROW_BYTES_PER_EVAL = 350
+#: Expected share of its tokens a quantized cell evaluates under ``eval.target_se`` (the study_cost.py
+#: target: the toy studies' answers unchanged at <= 1/5 of the evaluated tokens); the reference is full.
+SEQUENTIAL_STOP_FRACTION = 0.2
+#: The GPU profile a CPU plan names when a job does not fit one host's RAM.
+GPU_FOR_CPU_PLANS = "a100"
 
 
 def _finished(plan: Any, spec: Any, done: set[str]) -> int:
@@ -90,6 +97,15 @@ def _finished(plan: Any, spec: Any, done: set[str]) -> int:
     if plan.rerun:
         return 0
     return sum(row_key(cell_identity(plan, spec, c)) in done for c in plan.cells)
+
+
+def _batch_rows(plan: Any, seqlen: int) -> int:
+    """Rows per forward pass: the eval's ``batch_size``; ``auto`` counted as the CPU rule
+    (2048 tokens per pass; on a GPU auto fills what is left, which the memory column cannot know)."""
+    from kscale.evaluate.batching import CPU_TOKENS_PER_BATCH
+
+    size = plan.eval.batch_size
+    return max(1, CPU_TOKENS_PER_BATCH // max(1, seqlen)) if size == "auto" else int(size)
 
 
 def estimate_job(plan: Any, spec: Any, device: DeviceProfile, *, rate: float | None = None,
@@ -115,6 +131,11 @@ def estimate_job(plan: Any, spec: Any, device: DeviceProfile, *, rate: float | N
         notes.append(f"tokens counted with {toks.tokenizer}: approximate")
     if toks.missing:
         notes.append(f"not available locally, not counted: {', '.join(toks.missing)}")
+    if toks.sampled:
+        from kscale.estimate.tokens import ZEROSHOT_SAMPLE_ITEMS
+
+        notes.append(f"zero-shot tokens of {', '.join(toks.sampled)} scaled up from a seeded "
+                     f"{ZEROSHOT_SAMPLE_ITEMS}-item sample (~1 %)")
     calib = [calibration_tokens(c, family.seqlen) for c in todo_cells]
     calib_per_cell = max(calib) if calib else 0
     # forward passes: the 16-bit reference (= the baseline's evaluation) once, if anything runs,
@@ -134,7 +155,7 @@ def estimate_job(plan: Any, spec: Any, device: DeviceProfile, *, rate: float | N
     vocab = vocab_size_for(plan, spec, tok if tok_exact else None)
     if n_params is None:
         notes.append(n_source)
-        eval_flops = calib_flops = hours = None
+        eval_flops = calib_flops = hours = hours_seq = None
         weights = snapshot = None
     else:
         eval_flops = forward_flops(n_params, toks.total, scored=toks.total_scored,
@@ -142,6 +163,10 @@ def estimate_job(plan: Any, spec: Any, device: DeviceProfile, *, rate: float | N
         calib_flops = forward_flops(n_params, calib_passes)
         r = rate if rate is not None else device.rate("float32" if bpp == 4 else "float16")
         hours = (eval_flops + calib_flops) / r / 3600.0
+        # sequential: the reference pass full, every quantized cell stopping at the expected fraction
+        seq_passes = (1 + n_quant * SEQUENTIAL_STOP_FRACTION) if todo_cells else 0.0
+        hours_seq = hours * (eval_flops / max(eval_passes, 1) * seq_passes + calib_flops) / max(
+            eval_flops + calib_flops, 1.0)
         weights = n_params * bpp / GIB
         # WeightSnapshot keeps the quantized linears' 16-bit weights on the model's device:
         # bounded by the weights (embeddings are not copied); counted at the bound
@@ -150,12 +175,14 @@ def estimate_job(plan: Any, spec: Any, device: DeviceProfile, *, rate: float | N
     from kscale.evaluate.specs import PerplexitySpec
 
     ppl_specs = [s for s in plan.eval.specs if isinstance(s, PerplexitySpec)]
+    from kscale.evaluate.reference import bytes_per_token
+
+    # the reference pass keeps per scored token its NLL, argmax and (kl) top-k log-probs, in host memory
+    reference = sum(toks.scored.get(s.key, 0) * bytes_per_token(s.kl_top_k if s.kl else 0) for s in ppl_specs) / GIB
     if vocab is not None:
-        # the reference pass keeps fp16 log-probs of kl_max_tokens scored tokens per dataset
-        reference = sum(s.kl_max_tokens * vocab * 2 for s in ppl_specs if s.kl) / GIB
         seqlen = max([s.seqlen or family.seqlen for s in ppl_specs] or [family.seqlen])
         # one forward's logits in the model dtype plus the float32 copy of one window
-        activations = (plan.eval.batch_size * seqlen * vocab * bpp + seqlen * vocab * 4) / GIB
+        activations = (_batch_rows(plan, seqlen) * seqlen * vocab * bpp + seqlen * vocab * 4) / GIB
     else:
         notes.append("vocab size unknown (no local tokenizer or config.json): reference log-probs "
                      "and logits not counted")
@@ -168,7 +195,15 @@ def estimate_job(plan: Any, spec: Any, device: DeviceProfile, *, rate: float | N
         usable = 0.9 * device.mem_gb
         devices_needed = max(1, math.ceil(mem / usable))
         needs_map = devices_needed > 1
-        if needs_map and not spec.device_map:
+        if needs_map and device.kind == "cpu":
+            # one host's RAM: nothing to shard over; say what a GPU profile would need instead
+            gpu = device_profile(GPU_FOR_CPU_PLANS)
+            n_gpu = max(1, math.ceil(mem / (0.9 * gpu.mem_gb)))
+            notes.append(f"needs ~{mem:.0f} GiB > {usable:.0f} GiB of this host's RAM: does not fit a CPU run; "
+                         f"on GPUs (plan_device={gpu.name}) it needs {n_gpu} x {gpu.name}"
+                         + (" with model.device_map=auto" if n_gpu > 1 else ""))
+            needs_map, devices_needed = False, 1
+        elif needs_map and not spec.device_map:
             notes.append(f"needs ~{mem:.0f} GiB > {usable:.0f} GiB usable on one {device.name}: "
                          f"set model.device_map=auto over {devices_needed} devices")
     disk = len(todo_cells) * (ROW_BYTES_BASE + ROW_BYTES_PER_EVAL * len(plan.eval.specs))
@@ -182,6 +217,7 @@ def estimate_job(plan: Any, spec: Any, device: DeviceProfile, *, rate: float | N
         passes=eval_passes, eval_flops=eval_flops, calib_flops=calib_flops, hours=hours, weights_dtype=dtype_label, weights_gb=weights,
         snapshot_gb=snapshot, reference_gb=reference, activations_gb=activations, mem_gb=mem,
         devices_needed=devices_needed, needs_device_map=needs_map, disk_bytes=disk, notes=tuple(notes),
+        hours_sequential=hours_seq,
     )
 
 
@@ -213,6 +249,8 @@ class PlanEstimate:
             "calib_tokens": sum(j.calib_tokens_per_cell * j.to_run for j in jobs),
             "flops": sum(j.flops for j in known),
             "hours": sum(hours),
+            "hours_sequential": sum(j.hours_sequential for j in pending if j.hours_sequential is not None),
+            "sequential_stop_fraction": SEQUENTIAL_STOP_FRACTION,
             # a job sharded with device_map=auto holds all its devices for its whole run
             "allocated_device_hours": sum(j.hours * (j.devices_needed or 1) for j in pending if j.hours is not None),
             "max_job_hours": max(hours) if hours else 0.0,
@@ -226,7 +264,7 @@ class PlanEstimate:
         """Launcher settings that spread the pending jobs: one array task per job."""
         t = self.totals
         n = t["jobs_to_run"]
-        gpus = max([j.devices_needed or 1 for j in self.jobs if j.to_run] or [1])
+        gpus = max([j.devices_needed or 1 for j in self.jobs if j.to_run] or [1]) if self.device.kind == "gpu" else 0
         timeout_min = max(10, math.ceil(t["max_job_hours"] * 60 * 1.5))
         return {
             "jobs": n,
@@ -280,6 +318,9 @@ class PlanEstimate:
             f"calibration tokens; {t['flops'] / 1e18:.3g} EFLOP; {t['hours']:.4g} device-hours of compute, "
             f"{t['allocated_device_hours']:.4g} allocated (sharded jobs hold every device; longest job "
             f"{t['max_job_hours']:.3g} h) at {rate}; rows ~{t['disk_bytes'] / 1e6:.3g} MB",
+            f"sequential (eval.target_se): ~{t['hours_sequential']:.4g} device-hours, assuming each quantized "
+            f"cell stops after {t['sequential_stop_fraction']:.0%} of its tokens (the 16-bit reference pass is "
+            f"always full; benchmarks/study_cost.py measures the fraction on the toy studies)",
         ]
         if t["unknown_cost_jobs"]:
             out.append(f"unknown cost (no n_params): {', '.join(t['unknown_cost_jobs'])}")
@@ -391,7 +432,7 @@ def probe_rate(pairs: Sequence[tuple[Any, Any]], *, repeats: int = 3) -> dict[st
     seqlen = min(seqlen, ctx) if ctx else seqlen
     vocab = int(getattr(loaded.model.config, "vocab_size", 100) or 100)
     g = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, vocab, (plan.eval.batch_size, seqlen), generator=g).to(spec.device)
+    ids = torch.randint(0, vocab, (_batch_rows(plan, seqlen), seqlen), generator=g).to(spec.device)
     times = []
     with torch.inference_mode():
         loaded.model(input_ids=ids)  # warm-up (kernels, allocator)

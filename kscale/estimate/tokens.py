@@ -19,6 +19,9 @@ from kscale.registry import Registry
 
 log = logging.getLogger(__name__)
 
+#: zero-shot tasks with more items are counted on this many (seeded) and scaled: ~1 % error
+ZEROSHOT_SAMPLE_ITEMS = 1000
+
 
 @dataclass(frozen=True)
 class EvalTokens:
@@ -31,6 +34,9 @@ class EvalTokens:
         tokenizer: which tokenizer counted them.
         exact: False when a stand-in tokenizer (GPT-2 BPE) counted for an unavailable one.
         missing: datasets/tasks that are not available locally (not counted).
+        sampled: zero-shot tasks whose counts are scaled up from a seeded sample of
+            :data:`ZEROSHOT_SAMPLE_ITEMS` items (counting all of HellaSwag's 40k requests with five
+            tokenizers took most of a cold plan's minute).
     """
 
     per_task: Mapping[str, int]
@@ -39,6 +45,7 @@ class EvalTokens:
     tokenizer: str
     exact: bool
     missing: tuple[str, ...] = ()
+    sampled: tuple[str, ...] = ()
 
     @property
     def total(self) -> int:
@@ -128,7 +135,7 @@ def eval_tokens(plan: Any, spec: Any) -> EvalTokens:
         try:
             data = json.loads(disk.read_text())
             out = EvalTokens(data["per_task"], data["windows"], data["scored"], data["tokenizer"],
-                             data["exact"], tuple(data["missing"]))
+                             data["exact"], tuple(data["missing"]), tuple(data.get("sampled", ())))
             _TOKEN_CACHE[key] = out
             return out
         except (OSError, ValueError, KeyError, TypeError):
@@ -137,23 +144,27 @@ def eval_tokens(plan: Any, spec: Any) -> EvalTokens:
     windows: dict[str, int] = {}
     scored: dict[str, int] = {}
     missing: list[str] = []
+    sampled: list[str] = []
     for s in plan.eval.specs:
         try:
             if isinstance(s, PerplexitySpec):
                 key_ = getattr(s, "key", s.dataset)
                 windows[key_], per_task[key_], scored[key_] = _ppl_tokens(plan, family, tokenizer, s)
             else:
-                per_task[s.task], scored[s.task] = _zeroshot_tokens(plan, family, tokenizer, s, spec)
+                per_task[s.task], scored[s.task], was_sampled = _zeroshot_tokens(plan, family, tokenizer, s, spec)
+                if was_sampled:
+                    sampled.append(s.task)
         except (FileNotFoundError, OSError, ValueError) as err:
             name = getattr(s, "dataset", None) or getattr(s, "task", "?")
             log.warning("plan: %s not counted (%s)", name, err)
             missing.append(name)
-    out = EvalTokens(per_task, windows, scored, label, exact, tuple(missing))
+    out = EvalTokens(per_task, windows, scored, label, exact, tuple(missing), tuple(sampled))
     _TOKEN_CACHE[key] = out
     if disk is not None and not missing:
         try:  # counting the zero-shot requests of four tasks takes about a minute per tokenizer
             write_text_atomic(disk, json.dumps({"per_task": per_task, "windows": windows, "scored": scored,
-                                                "tokenizer": label, "exact": exact, "missing": list(missing)}))
+                                                "tokenizer": label, "exact": exact, "missing": list(missing),
+                                                "sampled": sampled}))
         except OSError:
             pass
     return out
@@ -197,12 +208,20 @@ def _ppl_tokens(plan, family, tokenizer, s) -> tuple[int, int, int]:
     return len(wins), int(sum(len(w.ids) - 1 for w in wins)), int(sum(w.n_pred for w in wins))
 
 
-def _zeroshot_tokens(plan, family, tokenizer, s, spec) -> tuple[int, int]:
-    """``(tokens read, tokens scored)`` over every request, as ``encode_pair`` splits it and
-    ``request_window`` left-truncates it at the model context."""
+def _zeroshot_tokens(plan, family, tokenizer, s, spec) -> tuple[int, int, bool]:
+    """``(tokens read, tokens scored, sampled)`` over every request, as ``encode_pair`` splits it
+    and ``request_window`` left-truncates it at the model context; a task of more than
+    :data:`ZEROSHOT_SAMPLE_ITEMS` items is counted on a seeded sample and scaled up."""
+    import numpy as np
+
     from kscale.evaluate.zeroshot import load_task_items
 
     items = load_task_items(s.task, data_dir=plan.data_dir, source="local", limit=s.limit)
+    scale, sampled = 1.0, len(items) > ZEROSHOT_SAMPLE_ITEMS
+    if sampled:
+        pick = np.sort(np.random.default_rng(0).choice(len(items), ZEROSHOT_SAMPLE_ITEMS, replace=False))
+        scale = len(items) / ZEROSHOT_SAMPLE_ITEMS
+        items = [items[i] for i in pick]
     reqs = [r for it in items for r in it.requests]
     enc = lambda texts: [len(i) for i in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []  # noqa: E731
     full = [r for r in reqs if r.context]
@@ -213,7 +232,7 @@ def _zeroshot_tokens(plan, family, tokenizer, s, spec) -> tuple[int, int]:
     pairs += [(1, n) for n in enc([r.continuation for r in reqs if not r.context])]  # BOS stands in
     max_len = _model_context(plan, family, spec)
     read = sum(min(c + n, max_len + 1) - 1 for c, n in pairs)
-    return int(read), int(sum(n for _, n in pairs))
+    return int(round(read * scale)), int(round(sum(n for _, n in pairs) * scale)), sampled
 
 
 def _model_context(plan, family, spec) -> int:

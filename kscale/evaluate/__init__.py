@@ -14,7 +14,15 @@ from kscale.evaluate.perplexity import (
     tokenize_corpus,
     wikitext_detokenizer,
 )
-from kscale.evaluate.specs import EvalTaskSpec, PerplexitySpec, ZeroShotSpec, check_eval_data, eval_specs_from_config
+from kscale.evaluate.specs import (
+    EvalTaskSpec,
+    PerplexitySpec,
+    SequentialSpec,
+    ZeroShotSpec,
+    check_eval_data,
+    eval_specs_from_config,
+    sequential_from_config,
+)
 from kscale.evaluate.suite import EvalSuite, max_length_of
 from kscale.evaluate.zeroshot import TASKS, Request, TaskItem, encode_pair, loglikelihood, score_task
 
@@ -23,5 +31,5 @@ __all__ = [
     "DETOKENIZERS", "PROTOCOLS", "PerplexityResult", "Protocol", "TokenStream", "Window", "forward_scored",
     "tokenize_corpus", "wikitext_detokenizer", "EvalTaskSpec", "PerplexitySpec", "ZeroShotSpec",
     "eval_specs_from_config", "EvalSuite", "TASKS", "Request", "TaskItem", "encode_pair", "loglikelihood",
-    "score_task",
+    "score_task", "SequentialSpec", "sequential_from_config",
 ]

@@ -25,9 +25,10 @@ class PerplexitySpec:
         max_tokens: budget: only the first ``max_tokens`` tokens of the stream (``gptq``,
             ``sliding``) or whole documents until that many tokens (``rolling``). None = all.
         max_windows: budget in windows (applied after ``max_tokens``). None = all.
-        kl: measure KL(p16 || pq) and top-1 agreement against the suite's reference model.
-        kl_max_tokens: the reference keeps full log-probabilities (fp16) for this many scored
-            tokens (memory: tokens x vocab x 2 bytes); top-1 agreement uses all scored tokens.
+        kl: measure KL(p16 || pq) and top-1 agreement against the suite's reference model, over
+            every scored token (paired NLL and Δp statistics are measured either way).
+        kl_top_k: the reference keeps this many largest log-probabilities per scored token
+            (8 bytes each; :mod:`kscale.evaluate.reference` bounds the KL this leaves out).
         split, path: corpus split and optional local file (``text`` corpus).
         max_docs: ``rolling`` only: score only the first ``max_docs`` documents (lm-eval's
             ``limit``), applied before ``max_tokens``. None = all.
@@ -42,7 +43,7 @@ class PerplexitySpec:
     max_tokens: int | None = None
     max_windows: int | None = None
     kl: bool = True
-    kl_max_tokens: int = 4096
+    kl_top_k: int = 64
     split: str = "test"
     path: str | None = None
     max_docs: int | None = None
@@ -61,8 +62,9 @@ class PerplexitySpec:
         if self.stride is not None and self.protocol != "sliding":
             raise ValueError(f"stride applies to protocol 'sliding' only; got stride={self.stride} "
                              f"with protocol {self.protocol!r}")
-        if self.kl_max_tokens < 0:
-            raise ValueError(f"kl_max_tokens must be >= 0; got {self.kl_max_tokens}")
+        if isinstance(self.kl_top_k, bool) or not isinstance(self.kl_top_k, int) or self.kl_top_k < 1:
+            raise ValueError(f"kl_top_k must be a positive int (log-probabilities kept per token); "
+                             f"got {self.kl_top_k!r}")
         if self.max_docs is not None and proto.level != "document":
             raise ValueError(f"max_docs applies to document-level protocols (rolling) only; got "
                              f"max_docs={self.max_docs} with protocol {self.protocol!r} (use max_tokens)")
@@ -97,7 +99,47 @@ class ZeroShotSpec:
 
 EvalTaskSpec = Union[PerplexitySpec, ZeroShotSpec]
 
-_GROUP_KEYS = ("perplexity", "zeroshot", "kl", "source", "kl_max_tokens", "name", "seqlen", "batch_size")
+
+@dataclass(frozen=True)
+class SequentialSpec:
+    """Stop evaluating a cell once its paired difference is known well enough.
+
+    Attributes:
+        target_se: nats; a perplexity spec's windows are scored in a seeded random order and
+            scoring stops once the window-clustered SE of ``dnll`` is at most this (None = every window).
+        target_acc_se: the same for zero-shot items, on the paired SE of the accuracy difference.
+        min_windows: never stop before this many windows (items: 10x this), so the SE itself is
+            estimated from enough clusters.
+        order_seed: seed of the evaluation order (fixed: every cell sees the same prefix).
+    """
+
+    target_se: float | None = None
+    target_acc_se: float | None = None
+    min_windows: int = 16
+    order_seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("target_se", "target_acc_se"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+                raise ValueError(f"eval.{name} must be a positive number or null; got {value!r}")
+        if isinstance(self.min_windows, bool) or not isinstance(self.min_windows, int) or self.min_windows < 2:
+            raise ValueError(f"eval.min_windows must be an int >= 2 (an SE needs two windows); got {self.min_windows!r}")
+        if isinstance(self.order_seed, bool) or not isinstance(self.order_seed, int):
+            raise ValueError(f"eval.order_seed must be an int; got {self.order_seed!r}")
+
+    @property
+    def active(self) -> bool:
+        return self.target_se is not None or self.target_acc_se is not None
+
+
+def sequential_from_config(d: Mapping[str, Any]) -> SequentialSpec:
+    """The sequential options of an eval config (all optional)."""
+    kw = {k: d[k] for k in ("target_se", "target_acc_se", "min_windows", "order_seed") if d.get(k) is not None}
+    return SequentialSpec(**kw)
+
+_GROUP_KEYS = ("perplexity", "zeroshot", "kl", "source", "kl_top_k", "name", "seqlen", "batch_size",
+               "target_se", "target_acc_se", "min_windows", "order_seed")
 
 
 def _build(cls, entry: Any, where: str, defaults: Mapping[str, Any]):
@@ -120,8 +162,9 @@ def eval_specs_from_config(d: Mapping[str, Any]) -> list[EvalTaskSpec]:
 
     Keys: ``perplexity: [{dataset, protocol, seqlen, stride, max_tokens, ...}]``,
     ``zeroshot: [{task, limit}]``, ``kl`` (default for every perplexity entry),
-    ``kl_max_tokens``, ``seqlen`` (default for entries without one), ``source``, ``batch_size`` and ``name``
-    (read by :class:`~kscale.evaluate.EvalSuite`'s caller, ignored here).
+    ``kl_top_k``, ``seqlen`` (default for entries without one), ``source``, ``batch_size`` and ``name``
+    (read by :class:`~kscale.evaluate.EvalSuite`'s caller, ignored here), and the sequential options
+    ``target_se``, ``target_acc_se``, ``min_windows``, ``order_seed`` (:func:`sequential_from_config`).
     Unknown keys, protocols and tasks raise ``ValueError`` with a did-you-mean hint.
     """
     if not isinstance(d, Mapping):
@@ -130,7 +173,7 @@ def eval_specs_from_config(d: Mapping[str, Any]) -> list[EvalTaskSpec]:
         if key not in _GROUP_KEYS:
             raise ValueError(f"eval config: unknown key {key!r}.{did_you_mean(str(key), _GROUP_KEYS)} "
                              f"Allowed: {', '.join(_GROUP_KEYS)}")
-    defaults = {k: d[k] for k in ("kl", "kl_max_tokens", "seqlen") if k in d and d[k] is not None}
+    defaults = {k: d[k] for k in ("kl", "kl_top_k", "seqlen") if k in d and d[k] is not None}
     specs: list[EvalTaskSpec] = []
     for i, entry in enumerate(d.get("perplexity") or []):
         specs.append(_build(PerplexitySpec, entry, f"eval perplexity[{i}]", defaults))

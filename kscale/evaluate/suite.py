@@ -35,12 +35,16 @@ from kscale.evaluate.perplexity import (
     summarize_rolling,
     tokenize_corpus,
 )
-from kscale.evaluate.specs import EvalTaskSpec, PerplexitySpec, ZeroShotSpec, check_distinct
+from kscale.evaluate.paired import absolute_metrics, flip_metrics, mean_se, paired_metrics, window_starts
+from kscale.evaluate.reference import TokenReference, TokenScores, score_rows
+from kscale.evaluate.sequential import evaluation_order, run_until
+from kscale.evaluate.specs import EvalTaskSpec, PerplexitySpec, SequentialSpec, ZeroShotSpec, check_distinct
 from kscale.evaluate.zeroshot import (
     TASKS,
     TaskItem,
     acc_mean,
     encode_pair,
+    item_correct,
     load_task_items,
     loglikelihood,
     prefix_token_id,
@@ -64,9 +68,7 @@ class _Prepared:
     windows: list[Window] = field(default_factory=list)
     offsets: np.ndarray | None = None  # offsets[i] = first scored token of window i (window order)
     n_bytes: float = 0.0
-    ref_top1: np.ndarray | None = None
-    ref_logp: object | None = None  # torch fp16 [kl_tokens, V]
-    ref_lse: object | None = None  # torch fp32 [kl_tokens]: logsumexp of each stored fp16 row
+    ref: TokenReference | None = None  # the 16-bit pass's per-token record
 
     @property
     def ntok(self) -> int:
@@ -78,6 +80,12 @@ class _PreparedTask:
     spec: ZeroShotSpec
     items: list[TaskItem]
     encoded: list[tuple[list[int], list[int]]] = field(default_factory=list)
+    ref_correct: np.ndarray | None = None  # the 16-bit model's per-item correctness
+
+    def requests_of(self, items: np.ndarray) -> list[int]:
+        """Flat request indices of ``items`` (each item has one request per choice)."""
+        starts = np.concatenate([[0], np.cumsum([len(it.requests) for it in self.items])])
+        return [r for i in items for r in range(int(starts[i]), int(starts[i + 1]))]
 
 
 def _bos_added(tokenizer) -> str:
@@ -129,7 +137,8 @@ class EvalSuite:
     def __init__(self, specs: Sequence[EvalTaskSpec], tokenizer, *, data_dir=None, cache_dir=None,
                  device=None, seqlen_default: int = 2048, source: str = "auto", batch_size: int | str = 1,
                  max_length: int | None = None,
-                 corpus_options: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+                 corpus_options: Mapping[str, Mapping[str, Any]] | None = None,
+                 sequential: SequentialSpec | None = None) -> None:
         from kscale.data.corpus import check_source
 
         if not specs:
@@ -146,6 +155,7 @@ class EvalSuite:
         self._max_length_fixed = int(max_length) if max_length is not None else None
         self.max_length: int | None = self._max_length_fixed
         self.corpus_options = {k: dict(v) for k, v in (corpus_options or {}).items()}
+        self.sequential = sequential or SequentialSpec()
         self._ppl: list[_Prepared] | None = None
         self._tasks: list[_PreparedTask] | None = None
         self._batch: BatchSize | None = None
@@ -204,7 +214,7 @@ class EvalSuite:
                     parts.append(f"bos={bos}")
                 else:
                     parts.append(f"prefix={self.tokenizer.convert_ids_to_tokens(prefix_token_id(self.tokenizer))}")
-                parts.append(f"kl={'on' if spec.kl else 'off'}" + (f"({spec.kl_max_tokens})" if spec.kl else ""))
+                parts.append(f"kl={'on' if spec.kl else 'off'}" + (f"(top{spec.kl_top_k})" if spec.kl else ""))
                 out[f"eval_{spec.key}"] = " ".join(parts)
             else:
                 task = TASKS.get(spec.task)
@@ -260,7 +270,7 @@ class EvalSuite:
             p.seqlen, p.windows = seqlen, windows
             p.offsets = np.concatenate([[0], np.cumsum([w.n_pred for w in windows])]).astype(np.int64)
             p.n_bytes = scored_bytes(p.stream, windows, proto)
-            p.ref_top1 = p.ref_logp = p.ref_lse = None
+            p.ref = None
 
     def _learn_max_length(self, model) -> None:
         if self._max_length_fixed is not None:
@@ -302,11 +312,11 @@ class EvalSuite:
     def set_reference(self, model, progress: bool = True) -> dict[str, float]:
         """Evaluate the (unquantized) model and keep its next-token distributions for KL / top-1.
 
-        Keeps the argmax of every scored token and fp16 log-probabilities of the first
-        ``kl_max_tokens`` scored tokens per ``kl`` spec. Returns the same metrics :meth:`run`
-        returns for any later model — its KL against itself is computed like every cell's
-        (~0, from the stored fp16 copy) and its top-1 agreement is 1 — so the 16-bit row needs
-        no second pass.
+        Keeps per scored token its NLL and argmax, and for ``kl`` specs the top-k log-probabilities
+        (:mod:`kscale.evaluate.reference`), plus every zero-shot item's correctness; always over
+        the full set, also when the suite is sequential. Returns the same metrics :meth:`run`
+        returns for any later model — its paired statistics against itself are computed like
+        every cell's and are exactly zero — so the 16-bit row needs no second pass.
         """
         self.clear_reference()
         out = self._evaluate(model, progress, reference=True)
@@ -315,7 +325,9 @@ class EvalSuite:
 
     def clear_reference(self) -> None:
         for p in self._ppl or []:
-            p.ref_top1 = p.ref_logp = p.ref_lse = None
+            p.ref = None
+        for t in self._tasks or []:
+            t.ref_correct = None
         self.has_reference = False
 
     # ------------------------------------------------------------------ run
@@ -333,9 +345,7 @@ class EvalSuite:
             metrics.update(self._perplexity(model, p, progress, reference, stats))
         task_names = []
         for t in self._tasks:
-            results = loglikelihood(model, t.encoded, max_length=self.max_length, device=self.device,
-                                    progress=progress, desc=t.spec.task, batch_size=self._batch, stats=stats)
-            metrics.update(score_task(TASKS.get(t.spec.task), t.items, results))
+            metrics.update(self._zeroshot(model, t, progress, reference, stats))
             task_names.append(t.spec.task)
         if task_names:
             metrics.update(acc_mean(metrics, task_names))
@@ -345,72 +355,105 @@ class EvalSuite:
 
     def _perplexity(self, model, p: _Prepared, progress: bool, reference: bool,
                     stats: ForwardStats) -> dict[str, float]:
-        """One spec's metrics. Only the first ``kl_max_tokens`` scored tokens need a full
-        log-softmax (KL); the rest need just their cross-entropy and argmax, which is what keeps
-        the reference pass (and a KL run) close to the cost of a plain one."""
-        import torch
+        """One spec's metrics: absolute ones with SEs, and (against the reference) the paired ones.
+        A sequential suite scores windows in its seeded order until ``dnll``'s SE meets the target."""
+        spec, seq = p.spec, self.sequential
+        if reference:
+            p.ref = TokenReference.empty(p.ntok, spec.kl_top_k if spec.kl else 0)
+        paired = p.ref is not None
+        scores = TokenScores.empty(p.ntok, paired and p.ref.topk_logp is not None)
+        sequential = seq.target_se is not None and paired and not reference
+        order = evaluation_order(len(p.windows), seq, active=sequential)
+        win_sums = np.zeros(len(p.windows))  # per-window sums of dnll, for the stop rule
 
-        ce = torch.nn.functional.cross_entropy
-        use_ref = p.spec.kl and (reference or p.ref_top1 is not None)
-        ntok = p.ntok
-        kl_tokens = min(p.spec.kl_max_tokens, ntok) if use_ref else 0
-        if reference and use_ref:
-            p.ref_top1 = np.empty(ntok, dtype=np.int64)
-        nll = np.empty(ntok, dtype=np.float64)
-        kls = np.empty(kl_tokens, dtype=np.float64)
-        agree = 0
-        ref_top1 = None
-        for i, logits, targets in forward_scored(model, p.windows, device=self.device, batch_size=self._batch,
+        def score(units: np.ndarray) -> None:
+            self._score_windows(model, p, units, scores, reference, progress, stats)
+            for j in units if sequential else ():
+                a, b = p.offsets[j], p.offsets[j + 1]
+                win_sums[j] = float(scores.nll[a:b].astype(np.float64).sum() - p.ref.nll[a:b].astype(np.float64).sum())
+
+        def se_now(done: int) -> float:
+            units = order[:done]
+            counts = (p.offsets[units + 1] - p.offsets[units]).astype(np.float64)
+            mean = win_sums[units].sum() / counts.sum()
+            resid = win_sums[units] - mean * counts
+            return math.sqrt(done / (done - 1) * float(resid @ resid)) / counts.sum()
+
+        chunk = min(self._batch.rows_for(len(p.windows[0].ids) - 1, p.windows[0].n_pred), seq.min_windows)
+        done = run_until(order, chunk, score, se_now if paired else None,
+                         seq.target_se if sequential else None, seq.min_windows)
+        used = np.sort(order[:done])
+        idx, starts = window_starts(p.offsets, used)
+        windows = [p.windows[j] for j in used]
+        proto = PROTOCOLS.get(spec.protocol)
+        n_bytes = p.n_bytes if done == len(p.windows) else scored_bytes(p.stream, windows, proto)
+        nll = scores.nll[idx].astype(np.float64)
+        res = PerplexityResult(nll, n_bytes, done)
+        if proto.level == "document":
+            summarize_rolling(res, p.stream, windows)
+        metrics = self._ppl_metrics(spec.key, res)
+        metrics.update(absolute_metrics(spec.key, nll, starts, n_bytes))
+        metrics[f"subset_{spec.key}"] = len(idx) / p.ntok
+        if paired:
+            with_kl = scores.kl is not None
+            metrics.update(paired_metrics(
+                spec.key, nll, p.ref.nll[idx], starts,
+                same_top1=(scores.top1[idx] == p.ref.top1[idx]) if spec.kl else None,
+                kl=scores.kl[idx] if with_kl else None, kl_tail=scores.kl_tail[idx] if with_kl else None))
+            # the paired estimate of this model's NLL on the *full* set: the 16-bit pass's full-set
+            # mean plus the subset's paired difference (SE = dnll's); equals nll_<key> for a full run
+            metrics[f"nll_{spec.key}_paired"] = float(p.ref.nll.mean()) + metrics[f"dnll_{spec.key}"]
+            metrics[f"nll_{spec.key}_paired_se"] = metrics[f"dnll_{spec.key}_se"]
+        return metrics
+
+    def _score_windows(self, model, p: _Prepared, units: np.ndarray, scores: TokenScores, reference: bool,
+                       progress: bool, stats: ForwardStats) -> None:
+        """Forward the windows ``units`` and score their tokens into ``scores`` (window offsets)."""
+        chosen = [p.windows[j] for j in units]
+        for i, logits, targets in forward_scored(model, chosen, device=self.device, batch_size=self._batch,
                                                  progress=progress, stats=stats,
                                                  desc=f"{'reference ' if reference else ''}{p.spec.key}"):
-            o, n = int(p.offsets[i]), logits.shape[0]
-            take = max(0, min(kl_tokens - o, n))  # this window's tokens inside the KL budget
-            if use_ref:
-                top = logits.argmax(-1)
-                if reference:  # the reference agrees with itself on every token
-                    p.ref_top1[o : o + n] = top.cpu().numpy()
-                    agree += n
-                else:
-                    if ref_top1 is None or ref_top1.device != top.device:
-                        ref_top1 = torch.as_tensor(p.ref_top1, device=top.device)
-                    agree += int((top == ref_top1[o : o + n]).sum())
+            o, n = int(p.offsets[units[i]]), logits.shape[0]
             # Row chunks keep every [rows, V] temporary small: on CPU a fresh full-window
             # temporary (hundreds of MB at a 50k vocabulary) costs more in page faults than the math.
             chunk = _CHUNK_ELEMENTS if logits.device.type == "cpu" else 64 * _CHUNK_ELEMENTS
             step = max(1, chunk // logits.shape[-1])
             for a in range(0, n, step):
                 b = min(a + step, n)
-                if a >= take:  # outside the KL budget: cross-entropy only
-                    nll[o + a : o + b] = ce(logits[a:b], targets[a:b], reduction="none").double().cpu().numpy()
-                    continue
-                b = min(b, take)
-                logq = torch.log_softmax(logits[a:b], dim=-1)
-                nll[o + a : o + b] = (-logq.gather(1, targets[a:b, None])[:, 0]).double().cpu().numpy()
-                if reference:
-                    if p.ref_logp is None:
-                        p.ref_logp = torch.empty((kl_tokens, logq.shape[-1]), dtype=torch.float16)
-                        p.ref_lse = torch.empty(kl_tokens, dtype=torch.float32)
-                    ref16 = logq.clamp_min(-6e4).to(torch.float16)
-                    p.ref_logp[o + a : o + b] = ref16.cpu()
-                    ref = ref16.float()  # exactly what a later run reads back from ref_logp
-                    lse = torch.logsumexp(ref, dim=-1)
-                    p.ref_lse[o + a : o + b] = lse.cpu()
-                else:
-                    ref = p.ref_logp[o + a : o + b].to(logq.device, torch.float32)
-                    lse = p.ref_lse[o + a : o + b].to(logq.device)
-                ref = ref - lse[:, None]  # undo fp16 rounding: KL >= 0
-                kls[o + a : o + b] = (ref.exp() * (ref - logq)).sum(-1).double().cpu().numpy()
-                if b < min(a + step, n):  # the chunk straddles the KL budget's end
-                    c = min(a + step, n)
-                    nll[o + b : o + c] = ce(logits[b:c], targets[b:c], reduction="none").double().cpu().numpy()
-        res = PerplexityResult(nll, p.n_bytes, len(p.windows))
-        if PROTOCOLS.get(p.spec.protocol).level == "document":
-            summarize_rolling(res, p.stream, p.windows)
-        metrics = self._ppl_metrics(p.spec.key, res)
-        if use_ref:
-            metrics[f"top1_{p.spec.key}"] = agree / res.ntok
-            if kl_tokens:
-                metrics[f"kl_{p.spec.key}"] = float(kls.mean())
+                score_rows(logits[a:b], targets[a:b], scores, o + a, p.ref, record=reference,
+                           top_k=p.spec.kl_top_k)
+
+    def _zeroshot(self, model, t: _PreparedTask, progress: bool, reference: bool,
+                  stats: ForwardStats) -> dict[str, float]:
+        """One task's metrics; against the reference also flips and the paired accuracy difference.
+        A sequential suite (``target_acc_se``) scores items in its seeded order until that SE is met."""
+        seq = self.sequential
+        task = TASKS.get(t.spec.task)
+        paired = t.ref_correct is not None and not reference
+        sequential = seq.target_acc_se is not None and paired
+        order = evaluation_order(len(t.items), seq, active=sequential)
+        results: dict[int, tuple[float, bool]] = {}
+        correct = np.zeros(len(t.items))
+
+        def score(items: np.ndarray) -> None:
+            req = t.requests_of(items)
+            out = loglikelihood(model, [t.encoded[r] for r in req], max_length=self.max_length, device=self.device,
+                                progress=progress, desc=t.spec.task, batch_size=self._batch, stats=stats)
+            results.update(zip(req, out))
+            correct[items] = item_correct(task, [t.items[i] for i in items], out)
+
+        def se_now(done: int) -> float:
+            return mean_se(correct[order[:done]] - t.ref_correct[order[:done]])
+
+        done = run_until(order, 10 * seq.min_windows, score, se_now if paired else None,
+                         seq.target_acc_se if sequential else None, 10 * seq.min_windows)
+        used = np.sort(order[:done])
+        metrics = score_task(task, [t.items[i] for i in used], [results[r] for r in t.requests_of(used)])
+        if reference:
+            t.ref_correct = correct.copy()
+        if t.ref_correct is not None:
+            metrics.update(flip_metrics(task.name, correct[used], t.ref_correct[used]))
+            metrics[f"subset_{task.name}"] = done / len(t.items)
         return metrics
 
     @staticmethod

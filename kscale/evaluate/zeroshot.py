@@ -160,30 +160,46 @@ def acc_stderr(correct: np.ndarray) -> float:
     return float(np.std(correct, ddof=1) / math.sqrt(n))
 
 
+def _item_scores(task: ZeroShotTask, items: Sequence[TaskItem],
+                 results: Sequence[tuple[float, bool]]) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Per item: correct (0/1), length-normalized correct (``choice`` tasks, else None), and the
+    gold continuation's log-likelihood (``lambada``; else NaN)."""
+    if task.kind == "lambada":
+        lls = np.array([r[0] for r in results], dtype=np.float64)
+        return np.array([float(r[1]) for r in results]), None, lls
+    pos, correct, norm = 0, [], []
+    for item in items:
+        k = len(item.requests)
+        lls = np.array([r[0] for r in results[pos : pos + k]])
+        pos += k
+        correct.append(float(np.argmax(lls) == item.gold))
+        if task.kind == "choice":
+            lengths = np.array([float(len(c)) for c in item.choices])
+            norm.append(float(np.argmax(lls / lengths) == item.gold))
+    return np.array(correct), (np.array(norm) if task.kind == "choice" else None), np.full(len(items), np.nan)
+
+
+def item_correct(task: ZeroShotTask, items: Sequence[TaskItem], results: Sequence[tuple[float, bool]]) -> np.ndarray:
+    """Whether each item is answered correctly (0/1): what zero-shot flips are counted on."""
+    return _item_scores(task, items, results)[0]
+
+
 def score_task(task: ZeroShotTask, items: Sequence[TaskItem], results: Sequence[tuple[float, bool]]) -> dict[str, float]:
-    """Metrics for ``task`` from the per-request results (flattened in item/request order)."""
+    """Metrics for ``task`` from the per-request results (flattened in item/request order); every
+    metric with its SE (``<metric>_se``; ``acc_stderr_<task>`` is lm-eval's name for ``acc_<task>_se``)."""
     name = task.name
+    correct, norm, lls = _item_scores(task, items, results)
     metrics: dict[str, float] = {}
     if task.kind == "lambada":
-        lls = np.array([r[0] for r in results])
-        correct = np.array([float(r[1]) for r in results])
-        metrics[f"ppl_{name}"] = math.exp(-lls.mean())
-    else:
-        pos = 0
-        correct_l, norm_l = [], []
-        for item in items:
-            k = len(item.requests)
-            lls = np.array([r[0] for r in results[pos : pos + k]])
-            pos += k
-            correct_l.append(float(np.argmax(lls) == item.gold))
-            if task.kind == "choice":
-                lengths = np.array([float(len(c)) for c in item.choices])
-                norm_l.append(float(np.argmax(lls / lengths) == item.gold))
-        correct = np.array(correct_l)
-        if task.kind == "choice":
-            metrics[f"acc_norm_{name}"] = float(np.mean(norm_l))
+        ppl = math.exp(-lls.mean())
+        metrics[f"ppl_{name}"] = ppl
+        metrics[f"ppl_{name}_se"] = ppl * acc_stderr(lls)  # delta method
+    if norm is not None:
+        metrics[f"acc_norm_{name}"] = float(np.mean(norm))
+        metrics[f"acc_norm_{name}_se"] = acc_stderr(norm)
     metrics[f"acc_{name}"] = float(correct.mean())
     metrics[f"acc_stderr_{name}"] = acc_stderr(correct)
+    metrics[f"acc_{name}_se"] = metrics[f"acc_stderr_{name}"]
     metrics[f"n_{name}"] = float(len(items))
     return metrics
 
@@ -192,5 +208,5 @@ def acc_mean(metrics: dict[str, float], tasks: Sequence[str]) -> dict[str, float
     """Mean accuracy over tasks, stderr = sqrt(sum se_i^2) / T (independent task estimates)."""
     accs = [metrics[f"acc_{t}"] for t in tasks]
     ses = [metrics[f"acc_stderr_{t}"] for t in tasks]
-    return {"acc_mean": float(np.mean(accs)),
-            "acc_mean_stderr": float(math.sqrt(sum(s * s for s in ses)) / len(ses))}
+    se = float(math.sqrt(sum(s * s for s in ses)) / len(ses))
+    return {"acc_mean": float(np.mean(accs)), "acc_mean_stderr": se, "acc_mean_se": se}

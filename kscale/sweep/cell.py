@@ -60,6 +60,7 @@ def nonfinite_metrics(metrics: Mapping[str, Any]) -> list[str]:
     return sorted(
         name for name, value in metrics.items()
         if name.startswith(LOSS_PREFIXES) and isinstance(value, float) and not math.isfinite(value)
+        and not name.endswith("_se")  # an SE is NaN where it cannot be estimated (one window)
     )
 
 

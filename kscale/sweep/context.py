@@ -178,7 +178,7 @@ def _static_columns(plan: SweepPlan, model_spec: Any, family: Any) -> dict[str, 
 
 def open_job(plan: SweepPlan, model_spec: Any, *, need_reference: bool = True) -> JobContext:
     """Build (train, for toy) and load the model, prepare its suite and run the 16-bit pass."""
-    from kscale.evaluate import EvalSuite
+    from kscale.evaluate import EvalSuite, sequential_from_config
     from kscale.models import get_family, load_model, prepare_models
 
     family = get_family(model_spec.family)
@@ -190,6 +190,8 @@ def open_job(plan: SweepPlan, model_spec: Any, *, need_reference: bool = True) -
         source=plan.eval.source, batch_size=plan.eval.batch_size,
         # a provider family's own corpus (toy) is generated from the same options it trained on
         corpus_options={family.provider: dict(plan.provider_options)} if family.provider else None,
+        # eval.target_se: cells stop once their paired dnll is known to that SE (the reference covers all)
+        sequential=sequential_from_config(plan.eval.config),
     )
     ctx = JobContext(plan=plan, model_spec=model_spec, family=family, loaded=loaded, suite=suite,
                      static=_static_columns(plan, model_spec, family))

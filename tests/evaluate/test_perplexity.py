@@ -181,12 +181,13 @@ def test_rolling_word_and_byte_perplexity(tok, data_dir):
 
 
 def test_kl_and_top1(tok, tiny_gpt2, data_dir):
-    spec = PerplexitySpec("wikitext2", "gptq", seqlen=32, max_tokens=128, kl=True, kl_max_tokens=50)
+    # kl_top_k = the vocabulary: the stored reference is the whole distribution, KL is exact
+    spec = PerplexitySpec("wikitext2", "gptq", seqlen=32, max_tokens=128, kl=True, kl_top_k=50257)
     suite = EvalSuite([spec], tok, data_dir=data_dir, cache_dir=default_cache_dir())
     ref = suite.set_reference(UniformLM(50257))
     assert ref["kl_wikitext2"] == 0.0
     got = suite.run(tiny_gpt2, progress=False)
-    # KL(uniform || q) = -ln V - mean_v log q_v, per token, over the first 50 scored tokens.
+    # KL(uniform || q) = -ln V - mean_v log q_v, per token, over all 124 scored tokens.
     ids = tok("\n\n".join(__import__("kscale.data", fromlist=["x"]).load_corpus("wikitext2", data_dir=data_dir).rows),
               return_tensors="pt").input_ids[0, :128]
     expected, agree = [], 0
@@ -195,7 +196,8 @@ def test_kl_and_top1(tok, tiny_gpt2, data_dir):
             logq = torch.log_softmax(tiny_gpt2(ids[None, i * 32 : (i + 1) * 32]).logits[0, :-1], -1)
             expected.append((-math.log(50257) - logq.mean(-1)).numpy())
             agree += int((logq.argmax(-1) == 0).sum())  # uniform argmax is token 0
-    assert got["kl_wikitext2"] == pytest.approx(float(np.concatenate(expected)[:50].mean()), rel=1e-3)
+    assert got["kl_wikitext2"] == pytest.approx(float(np.concatenate(expected).mean()), rel=1e-5)
+    assert got["kl_wikitext2_tail"] == 0.0
     assert got["top1_wikitext2"] == pytest.approx(agree / 124)
 
 

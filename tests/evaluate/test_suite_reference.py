@@ -30,9 +30,9 @@ def model():
 
 def _specs():
     return [
-        PerplexitySpec("wikitext2", "gptq", seqlen=32, max_tokens=200, kl=True, kl_max_tokens=50),
+        PerplexitySpec("wikitext2", "gptq", seqlen=32, max_tokens=200, kl=True, kl_top_k=50),
         PerplexitySpec("wikitext2", "rolling", max_docs=2, max_tokens=500, kl=False, name="wt2_rolling"),
-        PerplexitySpec("ptb", "sliding", seqlen=32, stride=16, max_tokens=120, kl=True, kl_max_tokens=0),
+        PerplexitySpec("ptb", "sliding", seqlen=32, stride=16, max_tokens=120, kl=False),
         ZeroShotSpec("lambada", limit=3), ZeroShotSpec("piqa", limit=2),
         ZeroShotSpec("hellaswag", limit=2), ZeroShotSpec("winogrande", limit=2),
     ]
@@ -46,15 +46,18 @@ def test_reference_has_run_keys_and_values(tok, model, data_dir):
     got = suite.run(model, progress=False)
     assert set(ref) == set(got)
     for key in ("ppl_wikitext2", "ntok_wikitext2", "bpb_wt2_rolling", "word_ppl_wt2_rolling", "nll_ptb",
-                "kl_wikitext2", "top1_wikitext2", "top1_ptb", "acc_lambada", "ppl_lambada", "acc_norm_piqa",
+                "kl_wikitext2", "top1_wikitext2", "acc_lambada", "ppl_lambada", "acc_norm_piqa",
                 "acc_norm_hellaswag", "acc_winogrande", "acc_mean", "acc_mean_stderr"):
         assert key in ref, key
     assert "kl_wt2_rolling" not in ref and "top1_wt2_rolling" not in ref  # kl=false
-    assert "kl_ptb" not in ref  # kl_max_tokens=0: top-1 only
+    assert "kl_ptb" not in ref and "top1_ptb" not in ref and "dnll_ptb" in ref  # kl=false: paired NLL only
     for k in ref:  # same model, same path: same numbers (KL: the fp16 copy against itself, ~0)
         assert ref[k] == pytest.approx(got[k], rel=1e-9, abs=1e-9), k
-    assert ref["top1_wikitext2"] == 1.0 and ref["top1_ptb"] == 1.0
-    assert 0.0 <= ref["kl_wikitext2"] < 1e-4
+    assert ref["top1_wikitext2"] == 1.0
+    # the 16-bit row against itself: every paired statistic exactly zero
+    for k in ("dnll_wikitext2", "dnll_wikitext2_se", "kl_wikitext2", "kl_wikitext2_max", "kl_wikitext2_se",
+              "dp_wikitext2_rms", "dp_wikitext2_min", "dp_wikitext2_max", "dnll_ptb", "flips_piqa", "dacc_lambada"):
+        assert ref[k] == 0.0 and got[k] == 0.0, k
     # costs: every real input token once, same for both passes
     ppl_tokens = sum(len(w.ids) - 1 for p in suite._ppl for w in p.windows)
     zs_tokens = sum(min(len(c) + len(x), CTX + 1) - 1 for t in suite._tasks for c, x in t.encoded)  # truncated

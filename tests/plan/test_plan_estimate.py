@@ -99,11 +99,36 @@ def test_memory_hours_and_device_map_arithmetic(tiny_dir, tmp_path):
     (job,) = estimate_plans([plan], device="tiny", devices=devices).jobs
     assert job.weights_gb == pytest.approx(job.n_params * 4 / GIB)  # float32 weights
     assert job.hours == pytest.approx(job.flops / 2e12 / 3600)
-    # reference log-probs: kl_max_tokens (4096 default) x vocab x fp16
-    assert job.reference_gb == pytest.approx(4096 * 50257 * 2 / GIB)
+    # reference record per scored token: NLL (8 B) + argmax (4 B) + top-64 log-probs and ids (512 B)
+    # on 2048 WikiText-2 tokens in 32 gptq windows of 64, each scoring 63 tokens
+    assert job.reference_gb == pytest.approx(524 * 32 * 63 / GIB)
     assert job.needs_device_map and job.devices_needed == math.ceil(job.mem_gb / 0.9e-3)
     (roomy,) = estimate_plans([plan], device="h100").jobs
     assert not roomy.needs_device_map and roomy.devices_needed == 1
+
+
+def test_cpu_advice_sequential_hours_and_eval_naming(tiny_dir, tmp_path):
+    """A CPU plan never advises sharding over CPUs; sequential hours follow the stated fraction;
+    rows name what was evaluated; the default batch size is auto; bad sequential options fail early."""
+    from kscale.config import ConfigError
+    from kscale.estimate import SEQUENTIAL_STOP_FRACTION, estimate_plans
+
+    plan = _plan(tiny_dir, tmp_path)
+    assert plan.eval.name == "wikitext2+piqa+winogrande" and plan.eval.batch_size == "auto"
+    small_cpu = {"cpu": {"tflops16": 1.0, "tflops32": 2.0, "mem_gb": 1e-3}}
+    est = estimate_plans([plan], device="cpu", devices=small_cpu)
+    (job,) = est.jobs
+    assert not job.needs_device_map and job.devices_needed == 1
+    assert any("does not fit a CPU run" in n and "plan_device=a100" in n for n in job.notes)
+    assert "gpus_per_node" not in est.launcher["command"] and "device_map=auto over" not in est.table()
+    # sequential: the reference pass full, each of the quantized cells at the stated fraction
+    n_quant = job.passes - 1
+    per_pass = job.eval_flops / job.passes
+    expect = (per_pass * (1 + n_quant * SEQUENTIAL_STOP_FRACTION) + job.calib_flops) / 2e12 / 3600
+    assert job.hours_sequential == pytest.approx(expect) and job.hours_sequential < job.hours / 2
+    assert "sequential (eval.target_se)" in est.table()
+    with pytest.raises(ConfigError, match="target_se"):
+        _plan(tiny_dir, tmp_path, "eval.target_se=-1")
 
 
 def test_unknown_device_and_missing_n_params_are_reported(tiny_dir, tmp_path):
@@ -168,7 +193,8 @@ def test_probe_prices_hours_with_the_measured_rate(tiny_dir, tmp_path):
 
     plan = _plan(tiny_dir, tmp_path)
     est = estimate_plans([plan], device="cpu", probe=True)
-    assert est.rate_source == "probe" and est.probe["tokens"] == 64 and est.probe["seconds"] > 0
+    # batch_size auto on CPU: as many 64-token rows as make 2048 tokens per pass, as the eval runs
+    assert est.rate_source == "probe" and est.probe["tokens"] == 2048 and est.probe["seconds"] > 0
     (job,) = est.jobs
     assert job.hours == pytest.approx(job.flops / (est.probe["tflops"] * 1e12) / 3600)
     assert "probe on this machine" in est.table()

@@ -1,0 +1,133 @@
+"""What the 16-bit reference pass keeps per scored token, and per-token scoring against it.
+
+Why not full-vocabulary log-probabilities: at a 50k vocabulary they cost 100 kB per token in
+fp16 — 29 GB for WikiText-2 (llama.cpp's ``.kld`` file for LLaMA-3 is 37 GiB). kscale keeps,
+per scored token, only:
+
+* its NLL (float64, 8 B) — the paired ``dnll`` and Δp need nothing else;
+* its argmax (int32, 4 B) — same-top-1;
+* for KL, the ``k`` largest log-probabilities (float32) and their token ids (int32): 8·k B.
+
+At the default ``k = 64`` that is 524 B per token: 150 MB for all of WikiText-2 (287k tokens);
+``kl_top_k`` trades memory for a tighter KL.
+
+KL from the top-k. With ``K`` the reference's top-k set, ``T16 = 1 − Σ_K p16`` and
+``Tq = 1 − Σ_K pq`` the tail masses, kscale reports
+
+    KL_k = Σ_K p16 (log p16 − log pq) + T16 · log(T16 / Tq),
+
+the exact KL between the two distributions coarse-grained to (the k tokens, "the rest"). By the
+data-processing inequality ``KL_k <= KL``; it is exact when the two tails are proportional, and
+when ``k`` covers the vocabulary. The tail's missing part is
+``Σ_tail p16 log(p16/pq) − T16 log(T16/Tq)``; since every tail token has ``p16 <= p16_(k)``
+(the k-th largest) and ``log pq >= min_v log pq``, it is at most
+
+    B = T16 · (log p16_(k) − min_v log pq) − T16 · log(T16 / Tq)       (>= 0),
+
+reported per row as ``kl_<data>_tail`` (the mean of ``B``): the exact mean KL lies in
+``[kl, kl + kl_tail]``. The stored values are float32, so the 16-bit model scored against its
+own reference gets exactly zero (same numbers in, same numbers out): a model's log-probabilities
+are computed in float64 from its float32 logits and rounded to float32 exactly where the stored
+ones were.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+#: reference log-probabilities kept per scored token for KL (``PerplexitySpec.kl_top_k``)
+DEFAULT_TOP_K = 64
+
+
+def bytes_per_token(top_k: int) -> int:
+    """Reference memory per scored token: NLL (8 B) + argmax (4 B) + top-k values and ids (8 B each)."""
+    return 12 + 8 * top_k
+
+
+@dataclass
+class TokenReference:
+    """The 16-bit model's per-token record for one perplexity spec (index = scored token)."""
+
+    nll: np.ndarray  # float64 [N]
+    top1: np.ndarray  # int32 [N]
+    topk_logp: np.ndarray | None = None  # float32 [N, k]
+    topk_idx: np.ndarray | None = None  # int32 [N, k]
+
+    @classmethod
+    def empty(cls, n: int, top_k: int) -> TokenReference:
+        with_kl = top_k > 0
+        return cls(np.zeros(n, np.float64), np.zeros(n, np.int32),
+                   np.zeros((n, top_k), np.float32) if with_kl else None,
+                   np.zeros((n, top_k), np.int32) if with_kl else None)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in (self.nll, self.top1, self.topk_logp, self.topk_idx) if a is not None)
+
+
+@dataclass
+class TokenScores:
+    """A model's per-token results for one spec (filled window by window)."""
+
+    nll: np.ndarray
+    top1: np.ndarray
+    kl: np.ndarray | None
+    kl_tail: np.ndarray | None
+
+    @classmethod
+    def empty(cls, n: int, with_kl: bool) -> TokenScores:
+        return cls(np.zeros(n, np.float64), np.zeros(n, np.int32),
+                   np.zeros(n, np.float64) if with_kl else None, np.zeros(n, np.float64) if with_kl else None)
+
+
+def score_rows(logits, targets, out: TokenScores, at: int, ref: TokenReference | None, *,
+               record: bool, top_k: int) -> None:
+    """Score ``logits[n, V]`` (float32) against ``targets[n]`` into ``out[at : at + n]``.
+
+    ``record``: this is the reference pass; store its top-k (when ``top_k``) into ``ref`` first,
+    then score against it like any model (so its paired statistics are exactly zero).
+    ``ref`` None: no KL (the spec has ``kl: false`` or no reference exists yet)."""
+    import torch
+
+    n = logits.shape[0]
+    sl = slice(at, at + n)
+    logq = torch.log_softmax(logits.double(), dim=-1)  # float64: per-token differences to 1e-9
+    out.nll[sl] = (-logq.gather(1, targets[:, None])[:, 0]).cpu().numpy()
+    out.top1[sl] = logits.argmax(-1).cpu().numpy()
+    if record:
+        ref.nll[sl] = out.nll[sl]
+        ref.top1[sl] = out.top1[sl]
+    if ref is None or ref.topk_logp is None or out.kl is None:
+        return
+    vocab = logq.shape[-1]
+    if record:
+        vals, idx = logits.topk(min(top_k, vocab), dim=-1)
+        vals = logq.gather(1, idx).float()
+        ref.topk_logp[sl, : vals.shape[1]] = vals.cpu().numpy()
+        ref.topk_idx[sl, : idx.shape[1]] = idx.cpu().numpy()
+    k = min(ref.topk_logp.shape[1], vocab)
+    lp16 = torch.as_tensor(ref.topk_logp[sl, :k], device=logq.device).double()
+    idx = torch.as_tensor(ref.topk_idx[sl, :k], device=logq.device).long()
+    lq = logq.gather(1, idx).float().double()  # rounded as the stored values were
+    head = (lp16.exp() * (lp16 - lq)).sum(-1)
+    if k >= vocab:  # the top-k is the whole vocabulary: nothing left out
+        out.kl[sl] = head.cpu().numpy()
+        out.kl_tail[sl] = 0.0
+        return
+    log_t16 = _log_tail(lp16)
+    log_tq = _log_tail(lq)
+    t16 = log_t16.exp()
+    coarse = torch.where(t16 > 0, t16 * (log_t16 - log_tq), torch.zeros_like(t16))
+    out.kl[sl] = (head + coarse).cpu().numpy()
+    min_lq = logq.min(-1).values
+    bound = torch.where(t16 > 0, t16 * (lp16[:, -1] - min_lq) - coarse, torch.zeros_like(t16))
+    out.kl_tail[sl] = bound.clamp_min(0).cpu().numpy()
+
+
+def _log_tail(logp):
+    """``log(1 − Σ exp(logp))`` per row, stably (``-inf`` when the listed tokens hold all mass)."""
+    import torch
+
+    lse = torch.logsumexp(logp, dim=-1).clamp_max(0.0)
+    return torch.log(-torch.expm1(lse))

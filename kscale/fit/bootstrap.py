@@ -240,14 +240,13 @@ def refit_batch(
     lo = np.array([-np.inf if b[0] is None else b[0] for b in bounds])
     hi = np.array([np.inf if b[1] is None else b[1] for b in bounds])
     delta = problem.delta
-    log_y = problem.log_y.numpy()
     theta = np.clip(np.array(theta0, dtype=float), lo, hi)
     B, P = theta.shape
     w = np.asarray(weights, dtype=float)
 
     def residuals(th: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            return problem.log_pred(torch.as_tensor(th, dtype=torch.float64)).numpy() - log_y
+            return problem.residual(torch.as_tensor(th, dtype=torch.float64)).numpy()
 
     def objective(r: np.ndarray, w: np.ndarray) -> np.ndarray:
         a = np.abs(r)

@@ -193,10 +193,33 @@ def resolve_floor(df: pd.DataFrame, y: str, floor: float | str | None) -> float 
     return value
 
 
+def se_weight_column(df: pd.DataFrame, y: str) -> str | None:
+    """``<y>_se`` when every row to fit carries a finite, positive standard error, else None."""
+    col = f"{y}_se"
+    if col not in df.columns or df.empty:
+        return None
+    se = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=float)
+    return col if bool(np.all(np.isfinite(se) & (se > 0))) else None
+
+
+def residual_scale(df: pd.DataFrame, y: str, se: str | None) -> torch.Tensor | None:
+    """Per-point noise of the log target, relative to its median (None: unweighted).
+
+    A point measured with standard error s on a value v has log-space noise s/|v|; dividing each
+    log residual by that noise over its median weights the points by their SE (issue 19 §2) while
+    keeping the typical residual on the scale Huber's δ = 1e-3 was chosen for.
+    """
+    if se is None:
+        return None
+    rel = pd.to_numeric(df[se], errors="coerce").to_numpy(dtype=float) / np.abs(_target(df[y].to_numpy(dtype=float), y))
+    return torch.as_tensor(rel / np.median(rel), dtype=torch.float64)
+
+
 class Problem:
     """Data + layout: evaluates the Huber objective for a batch of parameter vectors."""
 
-    def __init__(self, layout: Layout, df: pd.DataFrame, y: str, *, delta: float, reduction: str):
+    def __init__(self, layout: Layout, df: pd.DataFrame, y: str, *, delta: float, reduction: str,
+                 se: str | None = None):
         self.layout = layout
         self.x = _x_tensors(layout.law, df)
         self.gidx = layout.group_index(df)
@@ -204,9 +227,15 @@ class Problem:
         if np.any(t <= 0):
             raise FitError(f"law fits need a positive loss; {y} gives non-positive values {t[t <= 0][:5]}")
         self.log_y = torch.as_tensor(np.log(t), dtype=torch.float64)
+        self.scale = residual_scale(df, y, se)
         self.n = len(df)
         self.delta = delta
         self.reduction = reduction
+
+    def residual(self, theta: torch.Tensor) -> torch.Tensor:
+        """(batch, n) log residuals, divided by each point's relative noise when the fit is weighted."""
+        r = self.log_pred(theta) - self.log_y
+        return r if self.scale is None else r / self.scale
 
     def log_pred(self, theta: torch.Tensor) -> torch.Tensor:
         p = self.layout.param_tensors(theta, self.gidx)
@@ -215,7 +244,7 @@ class Problem:
 
     def objective(self, theta: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         """(batch,) summed (or averaged) Huber loss of log residuals; ``weights`` (batch, n) = bootstrap counts."""
-        r = self.log_pred(theta) - self.log_y
+        r = self.residual(theta)
         h = torch.nn.functional.huber_loss(r, torch.zeros_like(r), reduction="none", delta=self.delta)
         h = torch.where(torch.isfinite(h), h, torch.full_like(h, 1e300))
         if weights is not None:
@@ -318,6 +347,7 @@ class LawFit:
         clean: what :func:`clean_points` masked.
         delta, reduction: the objective used.
         start: the grid start that won (public units).
+        se_column: the standard-error column the points were weighted by (None: unweighted).
     """
 
     law: str
@@ -336,6 +366,7 @@ class LawFit:
     delta: float = HUBER_DELTA
     reduction: str = "sum"
     start: dict = field(default_factory=dict, repr=False)
+    se_column: str | None = None
 
     @property
     def law_spec(self) -> Law:
@@ -356,7 +387,8 @@ class LawFit:
         return out
 
     def problem(self, df: pd.DataFrame | None = None) -> Problem:
-        return Problem(self.layout, self.data if df is None else df, self.y, delta=self.delta, reduction=self.reduction)
+        return Problem(self.layout, self.data if df is None else df, self.y, delta=self.delta, reduction=self.reduction,
+                       se=self.se_column)
 
     def predict_batch(self, df: pd.DataFrame, thetas: np.ndarray) -> np.ndarray:
         """Predictions (in ``y`` units) for each row of ``df`` under each θ in ``thetas`` (batch, P)."""
@@ -433,6 +465,7 @@ def fit_law(
     init: Mapping[str, float] | None = None,
     warn: bool = True,
     floor: float | str | None = "auto",
+    weigh_by_se: bool = True,
 ) -> LawFit:
     """Fit ``law`` to the rows of ``df`` (Chinchilla Approach 3 with a summed Huber loss).
 
@@ -452,6 +485,8 @@ def fit_law(
             ``y``'s units: a number, None, or ``"auto"`` (default) = the table's ``entropy_rate``
             when it has one (:func:`resolve_floor`). A loss law fitted without it can put E far
             below a loss no model can beat and extrapolate below it.
+        weigh_by_se: when every fitted row carries ``<y>_se`` (the evaluation's standard errors),
+            weight the points by it (:func:`residual_scale`); rows without: unweighted.
 
     Returns:
         LawFit with unrounded parameters and the optimiser's diagnostics.
@@ -474,9 +509,11 @@ def fit_law(
 
     # A law with only per-group parameters is separable: fit each group on its own (each gets the
     # full grid of starts), then merge. Joint fitting would share one start across all groups.
+    se = se_weight_column(clean, y) if weigh_by_se else None
     if spec.per_group and not spec.shared and len(groups) > 1:
         return _fit_separable(clean, report, spec, layout, y=y, delta=delta, reduction=reduction, grid=grid,
-                              n_starts=n_starts, options=options, init=init, floor=fl)
+                              n_starts=n_starts, options=options, init=init, floor=fl, weigh_by_se=weigh_by_se,
+                              se=se)
 
     n_par = len(layout.slots)
     if len(clean) < n_par:
@@ -485,7 +522,7 @@ def fit_law(
             f"usable points for {y} (of {len(df)} rows; excluded: {report.message()}); "
             "need at least as many points as parameters"
         )
-    problem = Problem(layout, clean, y, delta=delta, reduction=reduction)
+    problem = Problem(layout, clean, y, delta=delta, reduction=reduction, se=se)
     if init is not None:
         starts = np.array([[layout.to_internal(_above_floor(layout, p, init[name] if name in init else init[p]), p)
                             for name, p, _ in layout.slots]])
@@ -508,7 +545,7 @@ def fit_law(
         law=spec.name, y=y, params=dict(zip(layout.names, map(float, public))), loss=float(loss),
         n_points=len(clean), converged=bool(res.success), status=str(res.message), grad_norm=float(gnorm),
         n_iter=int(res.nit), theta=theta, layout=layout, data=clean, clean=report, delta=delta,
-        reduction=reduction, start=dict(zip(layout.names, map(float, layout.to_public(s)))),
+        reduction=reduction, start=dict(zip(layout.names, map(float, layout.to_public(s)))), se_column=se,
     )
     log.info("fitted law=%s y=%s n=%d loss=%.6g converged=%s grad_norm=%.2e params=%s",
              spec.name, y, fit.n_points, fit.loss, fit.converged, fit.grad_norm,
@@ -526,6 +563,7 @@ def _above_floor(layout: Layout, param: str, value: float) -> float:
 def _fit_separable(clean, report, spec, layout, **kw) -> LawFit:
     fits = {}
     init = kw.pop("init", None)
+    se = kw.pop("se", None)
     for g in layout.groups:
         sub = clean[clean[spec.group].astype(float) == g]
         sub_init = None if init is None else {p: init.get(f"{p}_{_group_label(g)}", init.get(p)) for p in spec.params}
@@ -535,7 +573,7 @@ def _fit_separable(clean, report, spec, layout, **kw) -> LawFit:
             raise FitError(f"{spec.group}={_group_label(g)}: {e}") from None
     theta = np.array([fits[g].theta[spec.params.index(p)] for _, p, g in layout.slots])
     public = layout.to_public(theta)
-    problem = Problem(layout, clean, kw["y"], delta=kw["delta"], reduction=kw["reduction"])
+    problem = Problem(layout, clean, kw["y"], delta=kw["delta"], reduction=kw["reduction"], se=se)
     th = torch.tensor(theta[None, :], dtype=torch.float64, requires_grad=True)
     obj = problem.objective(th)
     (g,) = torch.autograd.grad(obj.sum(), th)
@@ -546,5 +584,5 @@ def _fit_separable(clean, report, spec, layout, **kw) -> LawFit:
         n_points=len(clean), converged=not worst,
         status="; ".join(f"{spec.group}={_group_label(g)}: {f.status}" for g, f in fits.items()),
         grad_norm=gn, n_iter=int(sum(f.n_iter for f in fits.values())), theta=theta, layout=layout, data=clean,
-        clean=report, delta=kw["delta"], reduction=kw["reduction"],
+        clean=report, delta=kw["delta"], reduction=kw["reduction"], se_column=se,
     )

@@ -29,6 +29,9 @@ CHANCE_ACCURACY["mean"] = sum(CHANCE_ACCURACY.values()) / len(CHANCE_ACCURACY)
 CHANCE_MARGIN = 0.02
 
 DEGENERATE_MODES = ("mask", "clip", "keep")
+#: Metrics that are a difference to the same checkpoint's 16-bit model (``add_delta``'s ``delta_*``,
+#: the evaluation's paired ``dnll_*`` and ``kl_*``): zero at 16 bit, fitted in log space where > 0.
+PAIRED_KINDS = ("delta", "dnll", "kl")
 
 
 class DegeneratePointsWarning(UserWarning):
@@ -127,10 +130,10 @@ def clean_points(
 
     out_vals = vals.copy()
     kind = metric_kind(y)
-    if kind == "delta":
+    if kind in PAIRED_KINDS:
         # A degradation law is fitted in log space, so it sees only cells that degraded; the 16-bit
         # baselines (Δ = 0) and cells within noise of their baseline (Δ <= 0) carry no log value.
-        base = y[len("delta_"):]
+        base = y[len("delta_"):] if kind == "delta" else "nll_" + y.split("_", 1)[1]
         sign = -1.0 if metric_kind(base) in ("acc", "top1") else 1.0
         if "bits" in df.columns:  # the baselines themselves: Δ = 0 by definition, dropped silently
             keep &= ~(pd.to_numeric(df["bits"], errors="coerce").to_numpy(dtype=float) >= 16)
@@ -147,7 +150,9 @@ def clean_points(
             bv = pd.to_numeric(df[base], errors="coerce").to_numpy(dtype=float)
             with np.errstate(invalid="ignore", over="ignore"):
                 q_ppl = _perplexity(df, base, bv)
-                b_ppl = {"nll": np.exp(bv - vals), "ppl": bv - vals}.get(metric_kind(base), np.full_like(bv, np.nan))
+                # the 16-bit model's ppl: known from a difference of the metric itself (ΔL, dnll), not from KL
+                b_ppl = ({"nll": np.exp(bv - vals), "ppl": bv - vals}.get(metric_kind(base)) if kind != "kl" else None)
+                b_ppl = np.full_like(bv, np.nan) if b_ppl is None else b_ppl
                 collapsed = (q_ppl > max_ppl) & ~(b_ppl > max_ppl) & keep
             reasons[f"models collapsed by quantization (ppl > {max_ppl:g}, k-bit paper's cut-off) masked"] = int(collapsed.sum())
             keep &= ~collapsed

@@ -67,6 +67,8 @@ def _bnb_why_not(method: str, spec: Any) -> str | None:
         return "16-bit baseline: nothing is quantized"
     if method != "rtn":
         return f"method {method}: the kernel only stores round-to-nearest codes of its own quantizer"
+    if spec.format != "blockwise":
+        return f"format {spec.format}: bitsandbytes' Linear4bit stores the blockwise NF4/FP4 format only"
     if spec.dtype != "nf" or spec.bits != 4:
         return (f"{spec.dtype}{spec.bits}: bitsandbytes' 4-bit kernels are NF4 and FP4 only, and kscale's "
                 "float4 codebook differs from bnb's FP4 table in its subnormal (REFERENCES.md §1.4)")

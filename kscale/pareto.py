@@ -27,7 +27,10 @@ from kscale.fit.noise import se_column
 log = logging.getLogger(__name__)
 
 #: Columns that identify a quantization configuration (independent of model size).
-CONFIG_COLUMNS = ("method", "dtype", "bits", "blocksize", "centered", "exponent_bits", "scale_bits", "outlier_frac")
+CONFIG_COLUMNS = ("method", "format", "dtype", "bits", "blocksize", "centered", "exponent_bits", "scale_bits",
+                  "outlier_frac", "imatrix")
+#: The format whose rows are labelled by their data type alone (kscale.quant.formats' default).
+DEFAULT_FORMAT = "blockwise"
 
 
 def _usable(df: pd.DataFrame, metric: str, cost: str) -> pd.DataFrame:
@@ -101,6 +104,10 @@ def _config_label(row: pd.Series) -> str:
                 parts.append(f"B={v:g}" if isinstance(v, (int, float)) else f"B={v}")
             elif c == "outlier_frac" and float(v) > 0:
                 parts.append(f"outliers={v:g}")
+            elif c == "format" and v != DEFAULT_FORMAT:
+                parts.append(str(v))  # a GGUF / MX type: its name says what a dtype would
+            elif c == "imatrix" and v is True:
+                parts.append("imatrix")
     return " ".join(parts)
 
 

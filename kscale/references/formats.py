@@ -11,10 +11,12 @@ on the layout, not transcribed numbers:
   scales and mins for its 8 sub-blocks of 32 + 128 bytes of quants -> 144 bytes / 256 = 4.5
   (the header comment says "Effectively 4.5 bits per weight").
 
-A kscale cell that stores the same bits must get the same ``bits_per_param`` from its ledger:
-Q4_0 is ``bits=4, blocksize=32, scale_bits=16`` (4 + 16/32), Q8_0 is ``bits=8`` likewise.
-Q4_K's two-level constants (6-bit sub-block scales under fp16 super-block scales) have no
-``QuantSpec`` equivalent, which :func:`ledger_check` says rather than skipping.
+kscale's registered format of the same name (``kscale.quant.FORMATS``: ``q4_0``, ``q8_0``,
+``q4_k``) must cost exactly these bits: :func:`ledger_check` asks the registry, so there is no
+second table of bits per weight here. The block-wise format stores the same bits for the
+one-level types too: Q4_0 is ``bits=4, blocksize=32, scale_bits=16`` (4 + 16/32), Q8_0 is
+``bits=8`` likewise; Q4_K's two-level constants (6-bit sub-block scales under fp16 super-block
+scales) have no ``QuantSpec`` equivalent, only its own format.
 """
 from __future__ import annotations
 
@@ -36,22 +38,28 @@ FORMATS.register("Q4_K", StorageFormat(
 
 
 def ledger_check(name: str, shape: tuple[int, int] = (4096, 4096)) -> dict[str, Any]:
-    """Compare a format's bits per weight with kscale's ledger for the equivalent spec.
+    """Compare a format's bits per weight (from its block struct) with kscale's registered format.
 
-    Returns ``{format, format_bpw, published_bpw, kscale_spec, kscale_bpw, match, note}``;
-    ``match`` is None (with a note) when kscale has no equivalent spec.
+    Returns ``{format, format_bpw, published_bpw, kscale_format, kscale_bpw, match, kscale_spec,
+    blockwise_bpw, note}``: ``kscale_bpw`` is the exact cost of a ``shape`` tensor in the kscale
+    format ``name.lower()`` (``None`` with a note when this checkout has no such format);
+    ``blockwise_bpw`` the cost of the equivalent ``QuantSpec`` where one exists.
     """
+    from kscale.quant import FORMATS as KSCALE_FORMATS
     from kscale.quant import QuantSpec
     from kscale.quant.ledger import tensor_row
 
     fmt = FORMATS.get(name)
     out: dict[str, Any] = {"format": name, "format_bpw": fmt.bits_per_weight,
-                           "published_bpw": fmt.published_bpw, "kscale_spec": fmt.kscale_spec}
-    if fmt.kscale_spec is None:
-        out.update(kscale_bpw=None, match=None,
-                   note=f"{name} has no QuantSpec equivalent ({fmt.layout}); not comparable")
+                           "published_bpw": fmt.published_bpw, "kscale_format": name.lower(),
+                           "kscale_spec": fmt.kscale_spec, "blockwise_bpw": None, "note": ""}
+    numel = shape[0] * shape[1]
+    if fmt.kscale_spec is not None:
+        out["blockwise_bpw"] = tensor_row("w", shape, QuantSpec(**fmt.kscale_spec)).total_bits / numel
+    if name.lower() not in KSCALE_FORMATS.names():
+        out.update(kscale_bpw=None, match=None, note=f"kscale has no format {name.lower()!r} in this checkout")
         return out
-    row = tensor_row("w", shape, QuantSpec(**fmt.kscale_spec))
-    bpw = row.total_bits / row.numel
-    out.update(kscale_bpw=bpw, match=abs(bpw - fmt.bits_per_weight) < 1e-12, note="")
+    obj = KSCALE_FORMATS.get(name.lower())
+    bpw = obj.tensor_cost(shape, obj.configure()).total_bits / numel
+    out.update(kscale_bpw=bpw, match=bpw == fmt.bits_per_weight)
     return out

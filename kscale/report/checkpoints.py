@@ -12,7 +12,7 @@ import pandas as pd
 
 from kscale.report.inputs import is_degradation_metric
 
-_CONFIG_COLUMNS = ("method", "dtype", "blocksize")
+_CONFIG_COLUMNS = ("method", "format", "dtype", "blocksize")
 
 
 def has_token_axis(df: pd.DataFrame) -> bool:

@@ -94,11 +94,12 @@ def test_storage_formats_bits_per_weight_and_ledger():
     assert FORMATS.get("Q4_0").bits_per_weight == 4.5
     assert FORMATS.get("Q8_0").bits_per_weight == 8.5
     assert FORMATS.get("Q4_K").bits_per_weight == 4.5
-    for name in ("Q4_0", "Q8_0"):
+    for name in ("Q4_0", "Q8_0", "Q4_K"):  # kscale's registered GGUF formats cost the struct's bits
         c = ledger_check(name)
-        assert c["match"] is True and c["kscale_bpw"] == c["format_bpw"]
-    k = ledger_check("Q4_K")
-    assert k["match"] is None and "no QuantSpec equivalent" in k["note"]
+        assert c["match"] is True and c["kscale_bpw"] == c["format_bpw"] == c["published_bpw"]
+    for name in ("Q4_0", "Q8_0"):  # and the block-wise format stores the same bits
+        assert ledger_check(name)["blockwise_bpw"] == FORMATS.get(name).bits_per_weight
+    assert ledger_check("Q4_K")["blockwise_bpw"] is None  # two-level constants: no QuantSpec equivalent
 
 
 def _curves(bits_offsets, sizes=(1e6, 4e6, 16e6, 64e6), families=("opt",)):

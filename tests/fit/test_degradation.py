@@ -168,3 +168,24 @@ def test_delta_cleaning_masks_collapse_by_quantization_only():
     with pytest.warns(Warning, match="1 models collapsed by quantization"):
         out, rep = clean_points(df, "delta_nll_x")
     assert sorted(zip(out["size"], out["bits"])) == [("s0", 4), ("s1", 2), ("s1", 4)]
+
+
+def test_degradation_laws_fit_the_paired_dnll_column(tokens_study):
+    """Issue 19 §3: a dnll_<data> column (the evaluation's paired ln(PPL_q/PPL_16)) is fitted directly."""
+    df = tokens_study("qid", noise=0.0)
+    df["dnll_toy"] = add_delta(df, "nll_toy")["delta_nll_toy"]
+    fit = fit_law(df, "qid", y="dnll_toy", n_starts=2)
+    assert fit.n_points == int((df["bits"] < 16).sum())  # 16-bit rows (dnll = 0) left out
+    assert fit.params["beta"] == pytest.approx(0.5, abs=1e-3) and fit.params["gamma"] == pytest.approx(5.0, abs=1e-2)
+
+
+@pytest.mark.slow
+def test_report_accepts_dnll_as_the_metric(tmp_path, tokens_study):
+    from kscale.report import write_report
+
+    df = tokens_study("qid", noise=0.02)
+    df["dnll_toy"] = add_delta(df, "nll_toy")["delta_nll_toy"]
+    rep = write_report(tmp_path / "d", df=df, metric="dnll_toy", n_bootstrap=50)
+    text = rep.summary_path.read_text()
+    assert "paired difference" in text and "### Degradation vs training tokens" in text
+    assert "degradation grows with training tokens" in rep.answer

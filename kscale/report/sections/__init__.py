@@ -15,6 +15,7 @@ from kscale.report.sections.decision import decision_section
 from kscale.report.sections.frontier import frontier_section
 from kscale.report.sections.law import law_section
 from kscale.report.sections.measured import measured_section
+from kscale.report.sections.paired import paired_section
 from kscale.report.sections.tokens import tokens_section
 
 Section = Callable[[FamilyContext], SectionOutput]
@@ -25,5 +26,6 @@ SECTIONS.register("crossovers", crossover_section)
 SECTIONS.register("law", law_section)
 SECTIONS.register("decision", decision_section)
 SECTIONS.register("tokens", tokens_section)
+SECTIONS.register("paired", paired_section)
 #: Order in the summary (the registry itself is unordered).
-SECTION_ORDER = ("measured", "frontier", "crossovers", "law", "decision", "tokens")
+SECTION_ORDER = ("measured", "frontier", "crossovers", "law", "decision", "tokens", "paired")

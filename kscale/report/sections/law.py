@@ -59,6 +59,11 @@ def applies(ctx: FamilyContext) -> bool:
 def law_section(ctx: FamilyContext) -> SectionOutput:
     out = SectionOutput()
     if not applies(ctx):
+        out.markdown += [f"`{ctx.metric}` is a paired difference to the same model's 16-bit row (zero at 16 bit): the "
+                         "loss laws, which model a loss above an irreducible floor, do not apply; "
+                         + ("the degradation laws are fitted in the training-tokens section below." if ctx.token_axis
+                            else "the degradation laws (`qid`, `ptq`) need checkpoints at several training-token "
+                            "counts, which this study does not have."), ""]
         return out
     if ctx.n_sizes < 2:
         sizes = ", ".join(sorted(ctx.law_rows["size"].astype(str).unique())) if "size" in ctx.law_rows else "one"

@@ -102,7 +102,7 @@ def test_every_paired_statistic_matches_full_logits(tok, pair, data_dir):
     # the default top-64 record: a lower bound, and kl_tail bounds what it leaves out
     small = EvalSuite([PerplexitySpec("wikitext2", "gptq", seqlen=SEQ, max_tokens=SEQ * WINDOWS)], tok,
                       data_dir=data_dir, cache_dir=default_cache_dir(), batch_size=4)
-    small.set_reference(base, progress=False)
+    assert small.set_reference(base, progress=False)["kl_wikitext2_tail"] == 0.0  # itself: nothing left out
     approx = small.run(other, progress=False)
     assert approx["kl_wikitext2"] <= kl.mean() + 1e-9
     assert kl.mean() <= approx["kl_wikitext2"] + approx["kl_wikitext2_tail"] + 1e-9

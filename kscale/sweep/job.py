@@ -18,6 +18,7 @@ from kscale.sweep.cell import run_cell
 from kscale.sweep.context import JobContext, job_name, model_identity, open_job
 from kscale.sweep.grid import CellSpec
 from kscale.sweep.plan import SweepPlan
+from kscale.sweep.preemption import preemption_guard
 from kscale.sweep.progress import CellProgress
 from kscale.sweep.provenance import git_sha, now, provenance_static
 
@@ -74,7 +75,7 @@ def run_job(plan: SweepPlan, model_spec: Any) -> JobSummary:
     tracker = make_tracker(plan.tracking, group=plan.name, name=name, config=plan.config)
     failed = True
     try:
-        with store:
+        with store, preemption_guard():  # SLURM's warning signal stops the job, not a cell
             _run_cells(plan, model_spec, todo, store, tracker, summary)
         failed = False
     finally:

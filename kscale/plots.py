@@ -237,6 +237,7 @@ def plot_residuals(fit: LawFit, *, title: str | None = None):
         for k, col in colors.items():
             m = data["bits"].astype(float).to_numpy() == k
             ax.scatter(data.loc[m, xcol], res[m], color=col, s=18, label=_bits_name(k))
+            _residual_bars(ax, fit, m, res, col)
         ax.legend(fontsize=8)
     else:
         ax.scatter(data[xcol], res, s=18)
@@ -247,6 +248,17 @@ def plot_residuals(fit: LawFit, *, title: str | None = None):
     ax.set_title(title or f"law '{fit.law}' residuals", fontsize=10)
     ax.grid(True, alpha=0.3)
     return fig
+
+
+def _residual_bars(ax, fit: LawFit, mask: np.ndarray, res: np.ndarray, color) -> None:
+    """Each point's evaluation SE in log-residual units (SE / value), when the rows carry it."""
+    rows = fit.data.loc[mask]
+    col = se_column(rows, fit.y)
+    if col is None:
+        return
+    rel = pd.to_numeric(rows[col], errors="coerce").to_numpy(float) / np.abs(rows[fit.y].to_numpy(float))
+    xcol = "total_bits" if "total_bits" in rows.columns else fit.law_spec.columns[0]
+    ax.errorbar(rows[xcol], res[mask], yerr=rel, fmt="none", ecolor=color, capsize=2, elinewidth=1.0, alpha=0.8)
 
 
 def plot_extrapolation(ext: ExtrapolationResult, *, title: str | None = None):

@@ -125,3 +125,23 @@ def test_degenerate_exclusion_is_said_once(tmp_path, caplog):
     said = [r for r in caplog.records if "rows excluded" in r.getMessage()]
     assert len(said) == 1 and said[0].levelno == logging.WARNING
     assert not [w for w in caught if "rows excluded" in str(w.message)]
+
+
+def test_measured_figures_draw_the_rows_standard_errors():
+    import matplotlib.pyplot as plt
+    from matplotlib.container import ErrorbarContainer
+
+    from kscale import plots
+
+    df = studies.dettmers_study(n_sizes=3)
+    df["nll_toy_se"] = 0.01 * (1 + np.arange(len(df)) % 3)
+    fig = plots.plot_bits_scaling(df, "nll_toy")
+    bars = [c for c in fig.axes[0].containers if isinstance(c, ErrorbarContainer)]
+    assert len(bars) == df["bits"].nunique()  # one set per precision curve
+    segs = [s for c in bars for s in c.lines[2][0].get_segments()]
+    lengths = sorted(round(float(s[1][1] - s[0][1]), 6) for s in segs)
+    assert lengths == sorted(round(2 * v, 6) for v in df["nll_toy_se"])  # ± SE around every measured point
+    plt.close(fig)
+    no_se = plots.plot_bits_scaling(df.drop(columns="nll_toy_se"), "nll_toy")
+    assert not [c for c in no_se.axes[0].containers if isinstance(c, ErrorbarContainer)]
+    plt.close(no_se)

@@ -112,9 +112,9 @@ def alternating_ratios(run, w: torch.Tensor, repeats: int) -> tuple[float, float
 
 
 def mx_section(w: torch.Tensor, repeats: int) -> None:
-    """Issue 18 section 3: each microscaling type fake-quantized in place (``fake_quantize_mx_``;
-    the fused numba kernel for the OCP/NVIDIA types, eager torch for ggml's two), alternated with
-    the ``copy_`` floor; target <= 6x the floor for the OCP/NVIDIA types. ggml's own
+    """Issue 18 section 3: each microscaling type fake-quantized in place (``fake_quantize_mx_``:
+    the fused numba kernels for float32), alternated with the ``copy_`` floor; target <= 6x the
+    floor for the OCP/NVIDIA types. ggml's own
     ``ggml_quantize_chunk`` + gguf dequantize of the same tensor is timed for the ``gguf_*`` types."""
     from kscale.quant.mx import MX_TYPES, fake_quantize_mx, fake_quantize_mx_
 

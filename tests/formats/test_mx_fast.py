@@ -8,7 +8,7 @@ import torch
 from kscale.quant.mx import MX_TYPES, fake_quantize_mx, fake_quantize_mx_
 from kscale.quant.mx import fast
 
-FUSED = sorted(n for n, t in MX_TYPES.items() if t.family != "ggml")
+FUSED = sorted(MX_TYPES)
 
 
 def _cases() -> torch.Tensor:
@@ -28,6 +28,8 @@ def _cases() -> torch.Tensor:
 @pytest.mark.parametrize("name", FUSED)
 def test_fused_kernel_is_bit_identical_to_eager(name):
     w = _cases() if MX_TYPES[name].family == "ocp" else _cases()[[0, 1, 3, 5, 6] + list(range(7, 40))]
+    if MX_TYPES[name].family == "ggml":  # plus blocks whose NVFP4 scale is 0 or subnormal
+        w = torch.cat([w, torch.randn(4, 64, generator=torch.Generator().manual_seed(5)) * 1e-5])
     eager = fake_quantize_mx(w, name, kernel="eager")
     fused = fake_quantize_mx(w, name, kernel="fast")
     assert torch.equal(fused.view(torch.int32), eager.view(torch.int32))
@@ -37,8 +39,6 @@ def test_fused_kernel_is_bit_identical_to_eager(name):
 
 
 def test_fused_kernel_declines_what_it_cannot_do():
-    with pytest.raises(ValueError, match="no fused kernel"):
-        fake_quantize_mx(torch.randn(2, 64), "gguf_mxfp4", kernel="fast")
     with pytest.raises(ValueError, match="no fused kernel"):
         fake_quantize_mx(torch.randn(2, 64, dtype=torch.bfloat16), "mxfp4", kernel="fast")
     half = torch.randn(2, 64, dtype=torch.float16)

@@ -3,8 +3,9 @@
 A checkpoint of size ``s`` lives in
 ``default_cache_dir()/toy/<key>/<s>`` where ``<key>`` hashes everything that defines the
 weights: architecture and the whole size table, language (or text file contents), training
-recipe and seed. The device is *not* part of the key (it changes numerics only at rounding
-level). Each directory is an ordinary Hugging Face checkpoint (``config.json``,
+recipe and seed, and what the weights depend on beyond those: the device type, and on the CPU
+the pinned kernel selection, thread count and library versions (:mod:`kscale.toy.reproducible`:
+CPU rungs train in a child process with those pinned, bit-identical on any x86-64 machine). Each directory is an ordinary Hugging Face checkpoint (``config.json``,
 ``model.safetensors``, ``tokenizer.json`` ...) plus ``train_stats.json`` (losses, timing,
 entropy rate) and ``toy_options.json`` (the options that made it).
 
@@ -42,13 +43,16 @@ import numpy as np
 from kscale.data.corpus import TextCorpus
 from kscale.paths import default_cache_dir, write_text_atomic
 from kscale.toy.language import LanguageSpec, MarkovLanguage
+from kscale.toy.reproducible import device_type, in_pinned_child, numerics_key, observed_numerics, train_in_child
 from kscale.toy.tokenizer import EOS, SPECIAL_TOKENS, build_tokenizer, text_vocabulary
 from kscale.toy.train import ARCHITECTURES, ToyShape, TrainSpec, build_model, n_params, train_model, train_steps
 
 log = logging.getLogger(__name__)
 
 #: Bump when the training code changes in a way that changes the weights: old caches go stale.
-CACHE_FORMAT = 1
+#: 2: CPU training pinned to ATen's AVX2 kernels, MKL's COMPATIBLE branch and one thread
+#: (kscale.toy.reproducible); the key names those and the library versions.
+CACHE_FORMAT = 2
 
 #: The default ladder, smallest first: label = ``L<layers>-d<width>``. Parameter counts (GPT-2
 #: architecture, default language: 130 token ids, 64 positions; ``sum(p.numel())`` with the tied
@@ -75,7 +79,7 @@ class ToyOptions:
     Attributes:
         architecture: a name in :data:`ARCHITECTURES` (``gpt2``, ``opt``, ``llama``).
         seed: training seed (model initialisation and batch stream).
-        device: where to train (``cpu``, ``cuda``, ...); not part of the cache key.
+        device: where to train (``cpu``, ``cuda``, ...); its type is part of the cache key.
         language: :class:`LanguageSpec` of the synthetic language.
         train: :class:`TrainSpec` (``tokens_per_param``, ``seqlen``, ``lr`` ... set at top level).
         text_path: train on this local text file (word-level vocabulary) instead of the language.
@@ -85,8 +89,9 @@ class ToyOptions:
         corpus_tokens: default held-out corpus length (tokens).
         doc_tokens: tokens per held-out document; row_tokens: words per corpus row.
         progress: show tqdm bars while training.
-        num_threads: torch CPU threads while training (None = automatic, see
-            :func:`kscale.toy.train.train_model`); not in the cache key.
+        num_threads: torch CPU threads while training (None = 1). Part of the cache key: the
+            reductions split by thread, so each count reaches its own weights
+            (:mod:`kscale.toy.reproducible`).
         snapshots: checkpoints kept over training per rung, the final one included (the token
             budget halved ``snapshots - 1`` times: 6 -> 1/32 .. 1 of the budget; 1 = final only);
             not in the cache key (snapshots do not change the final weights).
@@ -137,9 +142,23 @@ class ToyOptions:
         ARCHITECTURES.get(opts.architecture)  # did-you-mean error for typos
         if opts.text_path is not None and not Path(opts.text_path).is_file():
             raise ValueError(f"text_path must be an existing text file; got {opts.text_path!r}")
+        if opts.num_threads is not None and (isinstance(opts.num_threads, bool) or not isinstance(opts.num_threads, int)
+                                             or opts.num_threads < 1):
+            raise ValueError(f"num_threads must be an integer >= 1 or null; got {opts.num_threads!r}")
         if isinstance(opts.snapshots, bool) or not isinstance(opts.snapshots, int) or not 1 <= opts.snapshots <= 16:
             raise ValueError(f"snapshots must be an integer in 1..16 (checkpoints per rung); got {opts.snapshots!r}")
         return opts
+
+    @property
+    def threads(self) -> int:
+        """Training threads (``num_threads``; None = 1, the reproducible default)."""
+        return 1 if self.num_threads is None else int(self.num_threads)
+
+    def to_mapping(self) -> dict[str, Any]:
+        """Plain JSON-able ``provider_options`` that :meth:`from_mapping` turns back into these options."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("train", "language", "ladder")}
+        return {**out, **self.train.to_dict(), "language": self.language.to_dict(),
+                "ladder": {k: asdict(v) for k, v in self.ladder.items()}}
 
     def revisions(self) -> dict[str, int]:
         """Revision name -> halvings of the token budget (0 = the final checkpoint), fewest tokens first."""
@@ -164,7 +183,7 @@ class ToyOptions:
         return table[revision]
 
     def key(self) -> str:
-        """Hash of everything that determines the weights (not the device or progress bar)."""
+        """Hash of everything that determines the weights (not the progress bar or snapshots)."""
         if self.text_path is None:
             data: dict[str, Any] = {"language": self.language.to_dict()}
         else:
@@ -177,6 +196,7 @@ class ToyOptions:
             "data": data,
             "train": self.train.to_dict(),
             "seed": self.seed,
+            "numerics": numerics_key(self.device, self.threads),
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -370,10 +390,13 @@ class ToyProvider:
         for s in sizes:
             opts.shape(s)
         wanted = sorted({r for r in (revisions or ()) if opts.halvings(r) > 0})
+        if device_type(opts.device) == "cpu" and not in_pinned_child():
+            todo = [s for s in sizes if not all(_complete(p) for p in self._paths(s, opts, wanted))]
+            if todo:  # train where the numerics are pinned (kscale.toy.reproducible), then just locate
+                self.n_trained += train_in_child(opts.to_mapping(), todo, wanted, opts.threads)
         out: dict[str, Path] = {}
         for size in sizes:
-            path = self.locate(size, options)
-            snaps = [self.locate(size, options, r) for r in wanted]
+            path, *snaps = self._paths(size, opts, wanted)
 
             def missing() -> list[Path]:
                 return [p for p in [path, *snaps] if not _complete(p)]
@@ -389,6 +412,11 @@ class ToyProvider:
                         self._train_into(size, path, opts, final_too=path in todo)
             out[size] = path
         return out
+
+    def _paths(self, size: str, opts: ToyOptions, revisions: Sequence[str]) -> list[Path]:
+        """The final folder of ``size``, then those of its ``revisions``."""
+        final = default_cache_dir() / "toy" / opts.key() / size
+        return [final, *(final / "revisions" / r for r in revisions)]
 
     def _train_into(self, size: str, path: Path, opts: ToyOptions, *, final_too: bool = True) -> None:
         # we hold the lock, so temp dirs of this size are leftovers of killed jobs
@@ -459,7 +487,7 @@ def train_checkpoint(size: str, opts: ToyOptions, out_dir: Path, *, source=None)
     result = train_model(
         model, source.batches(opts.seed), opts.train, batch_size=shape.batch_size,
         d_model=shape.d_model, device=opts.device, progress=opts.progress, desc=f"toy {size}",
-        num_threads=opts.num_threads,
+        num_threads=opts.threads,
         snapshots={step: partial(save_snapshots, step) for step in at_step},
     )
     snapshots[opts.final_revision] = {"step": result.steps, "n_tokens": result.n_tokens}
@@ -469,7 +497,7 @@ def train_checkpoint(size: str, opts: ToyOptions, out_dir: Path, *, source=None)
     stats = {
         "size": size, "n_params": result.n_params, "n_tokens": result.n_tokens, "steps": result.steps,
         "final_loss": result.final_loss, "train_s": result.train_s, "snapshot_s": result.snapshot_s,
-        "device": opts.device,
+        "device": opts.device, "numerics": observed_numerics(),
         "entropy_rate": source.entropy_rate, "key": opts.key(),
         "losses": [round(x, 5) for x in result.losses],
         "revisions": dict(sorted(snapshots.items(), key=lambda kv: kv[1]["step"])),

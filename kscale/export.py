@@ -1,6 +1,7 @@
 """Write a quantized model's stored bits to a file: proof that every bit the ledger counts exists.
 
     python -m kscale.export --model DIR --format NAME [--option KEY=VALUE ...] --out FILE [--family NAME]
+                            [--calib DATASET --calib-samples 128 --calib-seqlen 512 --calib-seed 0]
 
 Every parameter tensor goes into the file once (tied weights once): the quantized weight
 matrices as the bytes their format stores (``StorageFormat.pack``), every other parameter as
@@ -14,7 +15,8 @@ safetensors holding one uint8 tensor of packed codes and constants per quantized
 The GGUF file is a container for the bits, not a llama.cpp model: tensors keep their Hugging Face
 names and no architecture metadata or vocabulary is written, so llama.cpp will not load it.
 ``gguf`` is a dev-only dependency; GGUF export without it says which package to install.
-Formats that need calibration data (``imatrix=true``) are not exported yet.
+A format configured with ``imatrix=true`` gets llama.cpp's importance matrices from ``--calib``
+windows (``kscale.quant.imatrix``: mean x^2 per input column, the 16-bit model's activations).
 """
 from __future__ import annotations
 
@@ -77,7 +79,8 @@ def _stored_ggml_type(fmt_name: str, n_per_row: int) -> str:
     return stored_type(fmt_name, n_per_row).upper()
 
 
-def _quantized_tensors(model: nn.Module, obj: Any, config: Any, module_filter: Any):
+def _quantized_tensors(model: nn.Module, obj: Any, config: Any, module_filter: Any,
+                       imatrices: dict[str, torch.Tensor] | None = None):
     """(name, weight parameter, packed bytes, [out, in] shape) of each quantized matrix, once."""
     from kscale.quant.modules import quantizable_modules, weight_matrix
 
@@ -94,25 +97,33 @@ def _quantized_tensors(model: nn.Module, obj: Any, config: Any, module_filter: A
             continue
         seen.add(id(module.weight))
         w = weight_matrix(module).detach().float().contiguous()
-        yield f"{name}.weight", module.weight, obj.pack(w, config), tuple(w.shape)
+        extra = {} if imatrices is None else {"imatrix": imatrices[name]}
+        yield f"{name}.weight", module.weight, obj.pack(w, config, **extra), tuple(w.shape)
 
 
 def export_model(model: nn.Module, fmt: Any, out: str | Path, *, options: dict[str, Any] | None = None,
-                 module_filter: Any = None) -> ExportSummary:
+                 module_filter: Any = None, calibration: Any = None) -> ExportSummary:
     """Quantize ``model``'s selected matrices in ``fmt`` (a name plus ``options``, or a config)
     and write every parameter to ``out`` (GGUF or safetensors, see the module docstring).
+    ``calibration`` (a :class:`kscale.quant.calibration.CalibrationSet` or token ids
+    [windows, seqlen]) feeds the importance matrices of an ``imatrix=true`` config.
     The model's weights are not changed."""
     from kscale.quant.formats import resolve_format
     from kscale.quant.ledger import ledger_for
 
     obj, config = resolve_format(fmt, options)
+    imatrices = None
     if getattr(config, "needs_calibration", False):
-        raise ValueError(f"format {obj.name} with {config} needs calibration data (imatrix); "
-                         "export does not compute it yet: export with imatrix=false")
+        if calibration is None:
+            raise ValueError(f"format {obj.name} with imatrix=true needs calibration windows: "
+                             "pass --calib DATASET (or calibration= in Python)")
+        from kscale.quant.imatrix import importance_matrices
+
+        imatrices = importance_matrices(model, calibration, module_filter)
     ledger = ledger_for(model, config, module_filter)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    quantized = list(_quantized_tensors(model, obj, config, module_filter))
+    quantized = list(_quantized_tensors(model, obj, config, module_filter, imatrices))
     q_ids = {id(p) for _, p, _, _ in quantized}
     rest = [(n, p) for n, p in model.named_parameters() if id(p) not in q_ids]  # tied: listed once
     writer = _write_gguf if _is_gguf(obj.name) else _write_safetensors
@@ -215,6 +226,20 @@ def _load(model_dir: Path) -> nn.Module:
         raise ValueError(f"cannot load a causal LM from {model_dir}: {type(err).__name__}: {err}") from err
 
 
+def _calibration(args: argparse.Namespace, model_dir: Path):
+    """The CLI's calibration windows (``--calib``), tokenized with the model's own tokenizer."""
+    if args.calib is None:
+        return None
+    from transformers import AutoTokenizer
+
+    from kscale.quant.calibration import CalibrationConfig, calibration_tokens
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+    config = CalibrationConfig(dataset=args.calib, nsamples=args.calib_samples, seqlen=args.calib_seqlen,
+                               seed=args.calib_seed)
+    return calibration_tokens(config, tokenizer)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m kscale.export", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -224,6 +249,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="format option, e.g. bits=4 dtype=nf blocksize=64 for blockwise")
     ap.add_argument("--out", required=True, type=Path, help="output file (.gguf or .safetensors)")
     ap.add_argument("--family", default=None, help="take the module filter of this kscale family")
+    ap.add_argument("--calib", default=None, metavar="DATASET",
+                    help="calibration corpus for imatrix=true (wikitext2, c4, ptb, text, toy)")
+    ap.add_argument("--calib-samples", type=int, default=128, help="calibration windows")
+    ap.add_argument("--calib-seqlen", type=int, default=512, help="tokens per calibration window")
+    ap.add_argument("--calib-seed", type=int, default=0, help="seed of the window positions")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -232,8 +262,9 @@ def main(argv: list[str] | None = None) -> int:
             from kscale.models import get_family
 
             module_filter = get_family(args.family).module_filter
-        summary = export_model(_load(args.model), args.format, args.out,
-                               options=_parse_options(args.option), module_filter=module_filter)
+        model = _load(args.model)
+        summary = export_model(model, args.format, args.out, options=_parse_options(args.option),
+                               module_filter=module_filter, calibration=_calibration(args, args.model))
     except (ValueError, RuntimeError) as err:
         print(f"error: {err}")
         return 2

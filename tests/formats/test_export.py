@@ -106,3 +106,23 @@ def test_cli_and_its_errors(model, tmp_path, capsys, monkeypatch):
     assert "pip install gguf" in capsys.readouterr().out
     with pytest.raises(ValueError, match="not a readable"):
         file_tensor_bytes(model_dir / "config.json")
+
+
+def test_imatrix_export_stores_the_importance_weighted_bytes(model, tmp_path):
+    gguf = pytest.importorskip("gguf", reason="gguf (dev extra) not installed")
+    from kscale.quant.gguf import quantize_gguf
+
+    importance_matrices = pytest.importorskip("kscale.quant.imatrix").importance_matrices
+
+    calib = torch.randint(0, 96, (4, 16), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="needs calibration windows"):
+        export_model(model, "q4_k", tmp_path / "x.gguf", options={"imatrix": True})
+    out = tmp_path / "im.gguf"
+    summary = export_model(model, "q4_k", out, options={"imatrix": True}, calibration=calib)
+    assert summary.matches_ledger
+    name = "transformer.h.0.mlp.c_proj"  # rows of 256: q4_k itself, which takes the imatrix
+    w = weight_matrix(quantizable_modules(model)[name]).detach().float().contiguous()
+    expected = quantize_gguf(w, "q4_k", importance_matrices(model, calib)[name])
+    stored = {t.name: t for t in gguf.GGUFReader(str(out)).tensors}[f"{name}.weight"]
+    assert np.array_equal(np.asarray(stored.data).reshape(-1), expected.numpy().reshape(-1))
+    assert not np.array_equal(expected.numpy(), quantize_gguf(w, "q4_k").numpy())  # the imatrix mattered

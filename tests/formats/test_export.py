@@ -126,3 +126,16 @@ def test_imatrix_export_stores_the_importance_weighted_bytes(model, tmp_path):
     stored = {t.name: t for t in gguf.GGUFReader(str(out)).tensors}[f"{name}.weight"]
     assert np.array_equal(np.asarray(stored.data).reshape(-1), expected.numpy().reshape(-1))
     assert not np.array_equal(expected.numpy(), quantize_gguf(w, "q4_k").numpy())  # the imatrix mattered
+
+
+@pytest.mark.slow
+def test_cli_calibration_path_on_tiny_gpt2(data_dir, tmp_path, capsys):
+    """--calib draws windows with the model's own tokenizer from the shared WikiText-2 text."""
+    pytest.importorskip("gguf", reason="gguf (dev extra) not installed")
+    model_dir = data_dir / "models" / "tiny-gpt2"
+    if not model_dir.exists():
+        pytest.skip("shared tiny-gpt2 not available")
+    out = tmp_path / "tiny.gguf"
+    assert main(["--model", str(model_dir), "--format", "q4_0", "--option", "imatrix=true", "--calib", "wikitext2",
+                 "--calib-samples", "2", "--calib-seqlen", "32", "--out", str(out)]) == 0
+    assert "= the ledger's total_bits" in capsys.readouterr().out

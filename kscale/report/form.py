@@ -20,7 +20,7 @@ import pandas as pd
 
 from kscale.fit.core import _target
 from kscale.fit.noise import noise_of
-from kscale.report.text import bits_label, fmt
+from kscale.report.text import fmt
 
 #: Mean in-sample log residual of one size beyond this (3 %) is a size pattern (issue 17 §1).
 SIZE_PATTERN = 0.03
@@ -122,5 +122,5 @@ def effect_phrase(check: FormCheck) -> str:
     return f"{fmt(full)} [{fmt(lo)}, {fmt(hi)}]" if np.isfinite(full) else "n/a"
 
 
-__all__ = ["FormCheck", "SIZE_PATTERN", "bits_label", "effect_phrase", "form_check", "precision_effect_interval",
+__all__ = ["FormCheck", "SIZE_PATTERN", "effect_phrase", "form_check", "precision_effect_interval",
            "size_pattern"]

@@ -152,3 +152,26 @@ def test_bad_inputs():
         gguf_file_type_for("ffn_down", 32, 32, "q4_k_m")
     assert sorted(FILE_TYPES) == sorted(["q2_k_s", "q3_k_s", "q3_k_m", "q3_k_l", "q4_k_s", "q4_k_m", "q5_k_s",
                                          "q5_k_m", "q6_k", "q8_0"])
+
+
+def test_recipe_for_a_loaded_model():
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    from kscale.quant.gguf.recipes import recipe_for_torch_model
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=96, n_positions=16, n_embd=256, n_layer=12, n_head=2,
+                                      bos_token_id=0, eos_token_id=0))
+    r = recipe_for_torch_model(gpt2, "q4_k_m")
+    # Conv1D is [in, out]: c_fc's rows are 256 wide, c_proj's (mlp) 1024
+    assert r["transformer.h.0.mlp.c_fc"].shape == (1024, 256) and r["transformer.h.0.mlp.c_proj"].shape == (256, 1024)
+    assert [r[f"transformer.h.{i}.mlp.c_proj"].gguf_type for i in range(12)] == \
+        ["q6_k" if i in GPT2_12_MORE_BITS else "q4_k" for i in range(12)]
+    # tied in Hugging Face, written twice by llama.cpp's gpt2 converter: embedding q4_k, head q6_k
+    assert (r["transformer.wte"].gguf_type, r["lm_head"].gguf_type, r["transformer.wpe"].gguf_type) == \
+        ("q4_k", "q6_k", "f16")
+    llama = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=1, tie_word_embeddings=True))
+    r = recipe_for_torch_model(llama, "q2_k_s")
+    assert "lm_head" not in r and r["model.embed_tokens"].gguf_type == "q6_k"  # tied: the head's rule
+    assert r["model.layers.1.self_attn.v_proj"].gguf_type == "q4_k"  # n_gqa = 4
+    assert r["model.layers.1.self_attn.q_proj"].gguf_type == "q2_k"

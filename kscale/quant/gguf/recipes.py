@@ -43,11 +43,13 @@ built from these architectures) map to roles with :func:`hf_tensor_role`.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from typing import Any
 
 from kscale.quant.gguf.types import GGUF_TYPES
 
-__all__ = ["FILE_TYPES", "ROLES", "UNQUANTIZED", "gguf_file_type_for", "hf_tensor_role", "needs_imatrix",
-           "recipe_for_model", "gguf_ties_embeddings"]
+__all__ = ["FILE_TYPES", "ROLES", "UNQUANTIZED", "TensorAssignment", "gguf_file_type_for", "gguf_ties_embeddings",
+           "hf_tensor_role", "needs_imatrix", "recipe_for_model", "recipe_for_torch_model"]
 
 #: file type -> its base tensor type (``llama_ftype_get_default_type``)
 FILE_TYPES: dict[str, str] = {
@@ -244,3 +246,50 @@ def recipe_for_model(shapes: dict[str, tuple[int, int]], file_type: str, *, mode
         out[name] = gguf_file_type_for(role, layer, n_layers, file_type, n_per_row=int(shape[-1]),
                                        tied_embeddings=tied, n_gqa=n_gqa, is_70b=is_70b)
     return out
+
+
+@dataclass(frozen=True)
+class TensorAssignment:
+    """One weight of a Hugging Face model under a file type: its module, llama.cpp role and layer,
+    its [rows, row_length] matrix shape (row_length = what llama.cpp blocks) and the GGUF type."""
+
+    module: str
+    role: str
+    layer: int | None
+    shape: tuple[int, int]
+    gguf_type: str
+
+
+def recipe_for_torch_model(model: Any, file_type: str) -> dict[str, TensorAssignment]:
+    """Every 2-D weight of a loaded Hugging Face causal LM (linear layers, Conv1D, embeddings,
+    the head) with the type ``file_type`` gives it, keyed by module name. Model type, tied
+    embeddings, layer count, ``n_gqa`` and 70B-ness come from ``model.config``. A head tied to the
+    embedding appears under both names when llama.cpp's converter writes it twice (gpt2, bloom:
+    the GGUF file then holds two tensors); otherwise only the embedding's name is listed."""
+    from torch import nn
+
+    from kscale.quant.modules import QUANTIZABLE_TYPES, weight_matrix
+
+    config = getattr(model, "config", None)
+    model_type = str(getattr(config, "model_type", ""))
+    tied_config = bool(getattr(config, "tie_word_embeddings", False))
+    heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", None) or 1
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    shapes: dict[str, tuple[int, int]] = {}
+    seen: dict[int, str] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, QUANTIZABLE_TYPES):
+            shape = tuple(weight_matrix(module).shape)
+        elif isinstance(module, nn.Embedding):
+            shape = tuple(module.weight.shape)
+        else:
+            continue
+        first = seen.setdefault(id(module.weight), name)
+        if first != name and gguf_ties_embeddings(model_type, tied_config):
+            continue  # the GGUF file holds the shared tensor once
+        shapes[name] = (int(shape[0]), int(shape[1]))
+    n_layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None)
+    is_70b = model_type == "llama" and n_layers == 80
+    types = recipe_for_model(shapes, file_type, model_type=model_type, tie_word_embeddings=tied_config,
+                             n_layers=n_layers, n_gqa=max(1, int(heads) // int(kv_heads)), is_70b=is_70b)
+    return {name: TensorAssignment(name, *hf_tensor_role(name), shapes[name], types[name]) for name in shapes}

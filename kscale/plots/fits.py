@@ -11,6 +11,7 @@ from kscale.fit.extrapolate import ExtrapolationResult
 from kscale.fit.noise import se_column
 from kscale.plots.style import _bits_colors, _bits_name, error_bars, log_axis, metric_label
 
+
 def _curve_frame(fit: LawFit, k: float | None, grid: np.ndarray) -> pd.DataFrame:
     """Rows along total bits for precision ``k`` with the columns the law reads."""
     data = fit.data

@@ -10,6 +10,7 @@ from kscale.pareto import _usable, pareto_frontier
 from kscale.plots.style import (_LINESTYLES, _MARKERS, _better_sign, _bits_colors, _bits_name, _group_label,
                                 _panel_legend, error_bars, log_axis, metric_label)
 
+
 def plot_bits_scaling(df: pd.DataFrame, metric: str, *, title: str | None = None, frontier: bool = True,
                       known_E: float | None = None):
     """Metric vs total model bits, one line per ``bits`` (best row per size), frontier marked.
@@ -67,6 +68,7 @@ def plot_ablation(df: pd.DataFrame, metric: str, column: str, *, bits: float = 4
     if vals:
         ax.legend(fontsize=8)
     return fig
+
 
 def plot_config_difference(df: pd.DataFrame, metric: str, column: str = "dtype", *, bits=None, title: str | None = None):
     """How much worse each ``column`` value is than the best one at the same size and precision.

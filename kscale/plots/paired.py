@@ -6,6 +6,7 @@ import pandas as pd
 
 from kscale.plots.style import _bits_colors, _bits_name, error_bars
 
+
 def plot_paired(cells: pd.DataFrame, data: str, flip_columns=(), *, title: str | None = None):
     """KL (x, log) against dnll and against each ``flips_<task>`` (one panel each), with the
     rows' standard errors as error bars on both axes where they carry them."""

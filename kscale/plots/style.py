@@ -108,6 +108,7 @@ def _better_sign(metric: str) -> float:
 
     return -1.0 if higher_is_better(metric) else 1.0
 
+
 def _panel_legend(fig, axes, n_used: int, *, title: str | None = None, extra=()) -> None:
     """One legend for a grid of panels: in the first unused panel if there is one, else at the right."""
     handles, labels = axes.ravel()[0].get_legend_handles_labels()

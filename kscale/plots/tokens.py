@@ -10,6 +10,7 @@ from kscale.fit.core import LawFit
 from kscale.plots.style import (_better_sign, _bits_colors, _bits_name, _group_label, _panel_legend, _size_colors,
                                 error_bars, log_axis, metric_label)
 
+
 def plot_degradation_vs_tokens(df: pd.DataFrame, y: str, *, fit: LawFit | None = None,
                                boot: BootstrapResult | None = None, level: float = 0.95, bits=None,
                                title: str | None = None):

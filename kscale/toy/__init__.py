@@ -3,7 +3,7 @@ language whose entropy rate is known exactly (issue 6).
 
 Importing this package registers
 
-* ``FAMILIES["toy"]`` — sizes of :data:`LADDER`, provider ``toy``, ``seqlen`` = training context;
+* ``FAMILIES["toy"]`` — sizes of :data:`LADDER` then :data:`QUICK_RUNGS`, provider ``toy``, ``seqlen`` = training context;
 * ``PROVIDERS["toy"]`` — :class:`ToyProvider` (``locate`` / ``ensure``: train-once cache);
 * ``CORPORA["toy"]`` — :func:`load_toy_corpus`, held-out text of the same language.
 
@@ -17,6 +17,8 @@ from kscale.quant.filter import ModuleFilter
 from kscale.toy.language import LanguageSpec, MarkovLanguage
 from kscale.toy.ladder import (
     LADDER,
+    QUICK_RUNGS,
+    SIZES,
     ToyOptions,
     ToyProvider,
     data_source,
@@ -28,7 +30,7 @@ from kscale.toy.tokenizer import build_tokenizer
 from kscale.toy.train import ARCHITECTURES, ToyShape, TrainSpec, build_model, n_params, train_model
 
 __all__ = [
-    "ARCHITECTURES", "LADDER", "LanguageSpec", "MarkovLanguage", "PROVIDER", "ToyOptions", "ToyProvider",
+    "ARCHITECTURES", "LADDER", "QUICK_RUNGS", "SIZES", "LanguageSpec", "MarkovLanguage", "PROVIDER", "ToyOptions", "ToyProvider",
     "ToyShape", "TrainSpec", "build_model", "build_tokenizer", "data_source", "entropy_rate",
     "load_toy_corpus", "n_params", "train_checkpoint", "train_model",
 ]
@@ -47,7 +49,7 @@ if "toy" not in FAMILIES:  # importlib test mode may import the package twice
         ModelFamily(
             name="toy",
             default_eval="toy",
-            sizes={label: f"toy/{label}" for label in LADDER},
+            sizes={label: f"toy/{label}" for label in SIZES},
             module_filter=ModuleFilter(),  # every block linear; embeddings and tied lm_head stay 16-bit
             seqlen=TrainSpec().seqlen,
             outlier_pairs=OUTLIER_PAIRS,

@@ -54,21 +54,43 @@ log = logging.getLogger(__name__)
 #: (kscale.toy.reproducible); the key names those and the library versions.
 CACHE_FORMAT = 2
 
-#: The default ladder, smallest first: label = ``L<layers>-d<width>``. Parameter counts (GPT-2
-#: architecture, default language: 130 token ids, 64 positions; ``sum(p.numel())`` with the tied
-#: LM head counted once) grow ~2.6x per rung and span ~120x. Training cost grows ~ N**2 at a
-#: fixed tokens-per-parameter ratio, so the largest rung dominates the ladder's training time.
-#: Batch sizes grow with the model so the smallest rungs still get ~80+ optimizer steps.
+#: The default ladder, smallest first: label = ``L<layers>-d<width>``. One shape family (issue 17
+#: §1): two layers, width on a sqrt(2) grid rounded to multiples of 8 (16 .. 64), 8-wide heads,
+#: one batch size (16 x 64 tokens), so optimizer steps grow with the token budget (190 .. 2198
+#: steps). Parameter counts (GPT-2 architecture, 130 token ids, 64 positions, tied head once):
+#: 9.7k, 19k, 32k, 66k, 113k, ~1.7-2.1x per rung, 12x in all.
+#:
+#: Why not the earlier ladder (L1-d4 L1-d8 L1-d16 L2-d24 L3-d32 L4-d48): it changed depth, width,
+#: head count and batch size unevenly (4..32 sequences: 81 steps for the smallest rung, 1197 for the
+#: largest), and its smallest rungs sat on the language's unigram and bigram plateaus; its 16-bit
+#: reducible losses fell in steps (local log-log slopes -0.24 -0.69 -0.24 -1.46 -0.91). On this
+#: family and the default language the slopes measured -0.21 -0.24 -0.21 (L2-d16 .. L2-d48).
+#: Why not wider: 32-value block formats (q4_0, MX) fit every row only at widths that are
+#: multiples of 32, and GGUF k-quants at multiples of 256; a two-layer ladder of widths
+#: 32 .. 192 would be ~0.9M parameters at the top, ~60x the training time of L2-d64 (training cost
+#: grows ~N**2 at a fixed tokens-per-parameter ratio), and 256-wide rows start at ~1.6M.
 LADDER: dict[str, ToyShape] = {
+    "L2-d16": ToyShape(n_layer=2, d_model=16, n_head=2, batch_size=16),  # ~9.7k params
+    "L2-d24": ToyShape(n_layer=2, d_model=24, n_head=3, batch_size=16),  # ~19k
+    "L2-d32": ToyShape(n_layer=2, d_model=32, n_head=4, batch_size=16),  # ~32k
+    "L2-d48": ToyShape(n_layer=2, d_model=48, n_head=6, batch_size=16),  # ~66k
+    "L2-d64": ToyShape(n_layer=2, d_model=64, n_head=8, batch_size=16),  # ~113k
+}
+
+#: Cheap rungs outside the default ladder (the first ones of the earlier ladder): seconds to
+#: train, for smoke tests and quick runs (``model.sizes=[L1-d4]``); not part of the scaling study.
+QUICK_RUNGS: dict[str, ToyShape] = {
     "L1-d4": ToyShape(n_layer=1, d_model=4, n_head=1, batch_size=4),  # ~1.0k params
     "L1-d8": ToyShape(n_layer=1, d_model=8, n_head=2, batch_size=8),  # ~2.4k
     "L1-d16": ToyShape(n_layer=1, d_model=16, n_head=2, batch_size=8),  # ~6.4k
-    "L2-d24": ToyShape(n_layer=2, d_model=24, n_head=2, batch_size=16),  # ~19k
-    "L3-d32": ToyShape(n_layer=3, d_model=32, n_head=4, batch_size=16),  # ~44k
-    "L4-d48": ToyShape(n_layer=4, d_model=48, n_head=4, batch_size=32),  # ~121k
 }
 
-_SPLIT_KEYS = {"train": 4, "validation": 3, "test": 2}  # SeedSequence spawn keys; training uses 1
+#: Every size the toy family knows: the ladder, then the quick rungs.
+SIZES: dict[str, ToyShape] = {**LADDER, **QUICK_RUNGS}
+
+# SeedSequence spawn keys; training uses 1. "calib" is fresh text for calibrated methods (GPTQ,
+# AWQ, imatrix), so they never see the evaluated split.
+_SPLIT_KEYS = {"train": 4, "validation": 3, "test": 2, "calib": 5}
 _SPLIT_ALIASES = {"valid": "validation", "val": "validation"}
 
 
@@ -84,7 +106,7 @@ class ToyOptions:
         train: :class:`TrainSpec` (``tokens_per_param``, ``seqlen``, ``lr`` ... set at top level).
         text_path: train on this local text file (word-level vocabulary) instead of the language.
         max_vocab: vocabulary size for ``text_path`` (most frequent words; others -> ``<unk>``).
-        ladder: size table (label -> shape); defaults to :data:`LADDER`.
+        ladder: size table (label -> shape); defaults to :data:`SIZES` (the ladder and the quick rungs).
         corpus_seed: seed of the held-out corpus (independent of the training stream).
         corpus_tokens: default held-out corpus length (tokens).
         doc_tokens: tokens per held-out document; row_tokens: words per corpus row.
@@ -104,7 +126,7 @@ class ToyOptions:
     train: TrainSpec = field(default_factory=TrainSpec)
     text_path: str | None = None
     max_vocab: int = 2000
-    ladder: Mapping[str, ToyShape] = field(default_factory=lambda: dict(LADDER))
+    ladder: Mapping[str, ToyShape] = field(default_factory=lambda: dict(SIZES))
     corpus_seed: int = 0
     corpus_tokens: int = 100_000
     doc_tokens: int = 4_000
@@ -267,14 +289,15 @@ class SyntheticSource:
 class TextSource:
     """Word-level training data from a local text file: first 90% of lines train, rest held out.
 
-    ``validation`` and ``test`` are the same held-out lines (the demo file has no third split);
+    ``validation`` and ``test`` are the same held-out lines (the demo file has no third split),
+    ``calib`` the training lines (calibration text the evaluation never sees, as GPTQ's C4 train);
     the entropy rate is unknown (``None``).
     """
 
     def __init__(self, path: str, max_vocab: int) -> None:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
         cut = int(0.9 * len(lines))
-        self.lines = {"train": lines[:cut], "test": lines[cut:], "validation": lines[cut:]}
+        self.lines = {"train": lines[:cut], "test": lines[cut:], "validation": lines[cut:], "calib": lines[:cut]}
         self.words = text_vocabulary("\n".join(self.lines["train"]), max_vocab)
         self._ids = {w: i for i, w in enumerate(self.words)}
         self._unk = len(self.words)  # build_tokenizer puts <unk> right after the words
@@ -523,10 +546,14 @@ def _save_hf(model, tokenizer, out_dir: Path) -> None:
 
 # ---------------------------------------------------------------------------- corpus
 def load_toy_corpus(
-    *, data_dir=None, split: str = "test", source: str = "auto", path=None,
+    *, data_dir=None, split: str = "calib", source: str = "auto", path=None,
     n_tokens: int | None = None, **options: Any,
 ) -> TextCorpus:
     """Held-out text of the toy language (or the held-out lines of ``text_path``).
+
+    The default split is ``calib``: fresh text that no evaluation reads, which is what a caller
+    that names no split gets, i.e. the calibrated methods (GPTQ, AWQ, imatrix: their rows record
+    ``calib_split=calib``). Evaluations name their split (``test`` in ``conf/eval/toy.yaml``).
 
     Deterministic: documents are independent stationary samples from
     ``SeedSequence([corpus_seed, split_key])``, a different stream from the training batches

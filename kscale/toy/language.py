@@ -17,11 +17,22 @@ The generator (all randomness from ``numpy.random.default_rng(SeedSequence([seed
    state reaches every other one in two steps: the pair chain is irreducible and aperiodic
    and has a unique stationary distribution.
 
-Why this shape: the three layers make model size matter in graded steps. A model that only
+Why this shape: the three layers make model size matter. A model that only
 learns unigram frequencies pays ``H(z)`` (≈ 4 nats at the defaults); one that learns which
 words follow ``b`` pays about ``log n_bigram``; only a model that memorises the ``V**2``
 contexts (frequent ones first, since the stationary context distribution is Zipf-like)
 approaches the entropy rate. Small models stop at the first plateaus, larger ones go further.
+
+Why these defaults (issue 17 §1; ``zipf_exponent=0.8, n_bigram=16, smoothing=0.3``; earlier
+``1.0, 12, 0.01``): a smooth scaling law needs the learnable structure spread over many contexts
+of graded frequency, not concentrated in a few. With the earlier defaults the pair chain lived on
+~300 contexts (98.5 % of the stationary mass; 100 held 86 %), so the loss a model saves by
+memorising the top-``M`` contexts, ``G(M) = sum_{rank > M} pi(s) KL(P(.|s) || P(.|b))``, fell off a
+cliff (log-log slopes -0.72, -1.71 between M = 30, 100, 300) and the ladder stepped: unigram
+plateau, bigram plateau, then the whole trigram layer at once. A flatter Zipf law and a 30 %
+background spread the mass (G slopes -0.15, -0.27, -0.46 over M = 10 .. 300), and the measured
+16-bit ladder follows a power law (reducible-loss slopes -0.21, -0.24, -0.21). The price: a
+higher entropy rate (2.48 instead of 0.95 nats/token; unigram 3.97, bigram 3.31).
 
 Entropy rate (exact, nats/token): the pair ``s_t = (x_{t-1}, x_t)`` is a first-order Markov
 chain, so ``H = sum_s pi(s) * H(P(. | s))`` with ``pi`` its stationary distribution,
@@ -56,11 +67,11 @@ class LanguageSpec:
     """
 
     vocab_size: int = 128
-    zipf_exponent: float = 1.0
-    n_bigram: int = 12
+    zipf_exponent: float = 0.8
+    n_bigram: int = 16
     n_successors: int = 4
     alpha: float = 0.5
-    smoothing: float = 0.01
+    smoothing: float = 0.3
     seed: int = 0
 
     def __post_init__(self) -> None:

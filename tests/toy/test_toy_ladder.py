@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 import kscale.toy  # noqa: F401  (registers the family, provider and corpus)
 from kscale.data.corpus import CORPORA
 from kscale.models.family import FAMILIES, PROVIDERS
-from kscale.toy.ladder import LADDER, ToyOptions, data_source, load_toy_corpus, train_checkpoint
+from kscale.toy.ladder import LADDER, SIZES, ToyOptions, data_source, load_toy_corpus, train_checkpoint
 from kscale.toy.tokenizer import build_tokenizer
 
 # A tiny language and ladder: trains in a few CPU-seconds, still shows the size effect.
@@ -52,25 +52,32 @@ def ladder():
 
 def test_registrations():
     fam = FAMILIES.get("toy")
-    assert fam.provider == "toy" and list(fam.sizes) == list(LADDER)
+    assert fam.provider == "toy" and list(fam.sizes) == list(SIZES) and list(SIZES)[: len(LADDER)] == list(LADDER)
     assert fam.seqlen == ToyOptions().train.seqlen
     assert CORPORA.get("toy") is load_toy_corpus
 
 
-def test_default_ladder_spans_two_orders_of_magnitude_geometrically():
-    from kscale.toy.train import build_model, n_params
+def test_default_ladder_is_one_shape_family_growing_geometrically():
+    """Issue 17 §1: the rungs differ in width only (same depth, head width and batch), so the
+    token budget, not a change of recipe, sets each rung's optimizer steps."""
+    from kscale.toy.train import build_model, n_params, train_steps
 
+    shapes = list(LADDER.values())
+    assert len({(s.n_layer, s.batch_size) for s in shapes}) == 1
+    assert all(s.d_model // s.n_head == 8 and s.d_model % 8 == 0 for s in shapes)
     with torch.device("meta"):  # shapes only: no memory, no initialisation cost
-        counts = [n_params(build_model("gpt2", s, 130, 64, 129, 0)) for s in LADDER.values()]
-    assert len(counts) >= 5 and counts[-1] / counts[0] >= 100
+        counts = [n_params(build_model("gpt2", s, 130, 64, 129, 0)) for s in shapes]
+    assert len(counts) >= 5 and counts[-1] / counts[0] >= 10
     ratios = np.diff(np.log(counts))
-    assert (ratios > np.log(1.8)).all() and (ratios < np.log(4)).all()  # geometric-ish steps
+    assert (ratios > np.log(1.5)).all() and (ratios < np.log(2.5)).all()  # geometric-ish steps
+    steps = [train_steps(ToyOptions().train, n, s.batch_size) for n, s in zip(counts, shapes)]
+    np.testing.assert_allclose(np.array(steps) / counts, steps[0] / counts[0], rtol=0.01)  # steps ~ N
 
 
 def test_ladder_round_trips_through_auto_classes_and_losses_fall_with_size(ladder):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    corpus = load_toy_corpus(**TINY)
+    corpus = load_toy_corpus(**TINY, split="test")
     src = data_source(ToyOptions.from_mapping(TINY))
     lang = src.language
     true_ids = np.array([lang.words.index(w) for w in " ".join(corpus.rows).split()])
@@ -163,7 +170,7 @@ def test_training_is_deterministic_given_the_seed(tmp_path):
 
 
 def test_corpus_is_deterministic_held_out_and_sized():
-    a = load_toy_corpus(**TINY)
+    a = load_toy_corpus(**TINY, split="test")
     b = CORPORA.get("toy")(data_dir=None, split="test", source="auto", path=None, **TINY)
     assert a == b and a.name == "toy"
     words = " ".join(a.rows).split()
@@ -174,19 +181,39 @@ def test_corpus_is_deterministic_held_out_and_sized():
     assert len(" ".join(load_toy_corpus(**TINY, n_tokens=321).rows).split()) == 321
 
 
+def test_calibration_draws_fresh_text_not_the_evaluated_split():
+    """Issue 17 §3: a calibrated method given no split calibrates on ``calib``, generated from its
+    own seed stream: not the evaluated ``test`` text, and recorded as such in the row."""
+    from kscale.quant.calibration import CalibrationConfig, calibration_tokens
+
+    calib = load_toy_corpus(**TINY)
+    assert calib == load_toy_corpus(**TINY, split="calib")  # the default split, deterministic
+    test_words = " ".join(load_toy_corpus(**TINY, split="test").rows).split()
+    calib_words = " ".join(calib.rows).split()
+    assert len(calib_words) == len(test_words) and calib_words != test_words
+    assert sum(a == b for a, b in zip(calib_words, test_words)) < 0.3 * len(test_words)  # independent draws
+    tokenizer = build_tokenizer(data_source(ToyOptions.from_mapping(TINY)).words)
+    cal = calibration_tokens(CalibrationConfig(dataset="toy", nsamples=4), tokenizer, seqlen=16,
+                             corpus_options=TINY)
+    assert cal.config.to_row()["calib_split"] == "calib" and tuple(cal.tokens.shape) == (4, 16)
+
+
 def test_corpus_is_disjoint_from_the_training_stream():
-    # default language (~0.95 nats/token): a shared 40-gram between independent streams has
-    # probability ~exp(-38) per pair of positions; a copied stream would share all of them.
+    # default language (~2.5 nats/token): a shared 40-gram between independent streams has
+    # probability ~exp(-99) per pair of positions; a copied stream would share all of them.
     opts = ToyOptions.from_mapping({"corpus_tokens": 4000})
     src = data_source(opts)
-    held = np.array([src.language.words.index(w) for w in " ".join(load_toy_corpus(corpus_tokens=4000).rows).split()])
     n = 40
     train_grams = set()
     for batch in src.batches(opts.seed)(100, 16, opts.train.seqlen):
         for row in batch:
             train_grams.update(tuple(row[i : i + n]) for i in range(len(row) - n + 1))
-    held_grams = {tuple(held[i : i + n]) for i in range(len(held) - n + 1)}
-    assert len(train_grams) > 1000 and not (held_grams & train_grams)
+    assert len(train_grams) > 1000
+    for split in ("test", "calib"):
+        text = " ".join(load_toy_corpus(corpus_tokens=4000, split=split).rows).split()
+        held = np.array([src.language.words.index(w) for w in text])
+        held_grams = {tuple(held[i : i + n]) for i in range(len(held) - n + 1)}
+        assert not (held_grams & train_grams), split
 
 
 def test_conf_model_toy_yaml_describes_the_default_ladder():
@@ -249,7 +276,7 @@ def test_text_file_mode_trains_on_a_local_file(tmp_path, data_dir):
     tok = AutoTokenizer.from_pretrained(tmp_path, local_files_only=True)
     assert len(tok) == 202
     assert tok("the zzzunseenzzz")["input_ids"] == [data_source(opts).words.index("the"), 200]
-    corpus = load_toy_corpus(**options)
+    corpus = load_toy_corpus(**options, split="test")
     lines = text_path.read_text(encoding="utf-8").splitlines()
     held = [ln for ln in lines[int(0.9 * len(lines)):] if ln.strip()]
     assert corpus.rows == tuple(held)
@@ -267,7 +294,7 @@ def test_corpus_and_entropy_rate_come_from_the_cache_without_building_the_langua
     opts = ToyOptions.from_mapping(TINY)
     exact = data_source(opts).entropy_rate
     monkeypatch.setenv("KSCALE_CACHE_DIR", str(tmp_path))
-    fresh = load_toy_corpus(**TINY, n_tokens=777)  # generated, and written to the cache
+    fresh = load_toy_corpus(**TINY, n_tokens=777, split="test")  # generated, and written to the cache
     cached_file = toy_ladder._corpus_cache_path(opts, "test", 777)
     assert cached_file.is_file()
 
@@ -275,9 +302,9 @@ def test_corpus_and_entropy_rate_come_from_the_cache_without_building_the_langua
         raise AssertionError("the language was built although the cache had the answer")
 
     monkeypatch.setattr(toy_ladder, "data_source", no_language)
-    assert load_toy_corpus(**TINY, n_tokens=777) == fresh
+    assert load_toy_corpus(**TINY, n_tokens=777, split="test") == fresh
     with pytest.raises(AssertionError, match="the language was built"):
-        load_toy_corpus(**TINY, n_tokens=778)  # another request is not served from that file
+        load_toy_corpus(**TINY, n_tokens=778, split="test")  # another request is not served from that file
     with pytest.raises(AssertionError, match="the language was built"):
         toy_ladder.entropy_rate(TINY)  # no trained rung in this cache: E must be computed
     monkeypatch.setenv("KSCALE_CACHE_DIR", trained_cache)
@@ -286,5 +313,5 @@ def test_corpus_and_entropy_rate_come_from_the_cache_without_building_the_langua
     monkeypatch.undo()
     monkeypatch.setenv("KSCALE_CACHE_DIR", str(tmp_path))
     cached_file.write_text("{not json")
-    assert load_toy_corpus(**TINY, n_tokens=777) == fresh
+    assert load_toy_corpus(**TINY, n_tokens=777, split="test") == fresh
     assert json.loads(cached_file.read_text())["documents"] == list(fresh.documents)

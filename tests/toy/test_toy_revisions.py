@@ -167,7 +167,7 @@ def test_later_revisions_have_lower_held_out_loss():
 
     specs = prepare_models(resolve_models("toy", ["L1-d8"], revisions=["tpp0.5", "tpp1", "tpp2"],
                                           provider_options=SMALL), SMALL)
-    corpus = load_toy_corpus(**SMALL, n_tokens=4096)
+    corpus = load_toy_corpus(**SMALL, n_tokens=4096, split="test")
     nll = []
     for spec in specs:
         lm = load_model(spec)

@@ -24,6 +24,10 @@ def plot_paired(cells: pd.DataFrame, data: str, flip_columns=(), *, title: str |
             error_bars(ax, sub, sub[kl], col, color=c)
             error_bars(ax, sub, sub[col], kl, color=c, horizontal=True)
         ax.set_xscale("log")
+        vals = pd.to_numeric(cells[col], errors="coerce")
+        pos = vals[vals > 0]
+        if len(pos) and pos.max() / pos.min() > 100:  # spans decades: linear near 0, logarithmic above
+            ax.set_yscale("symlog", linthresh=float(pos.quantile(0.1)))
         ax.set_xlabel(f"mean KL to the 16-bit model on {data} (nats/token, log)")
         ax.set_ylabel(col)
         ax.grid(True, alpha=0.3)

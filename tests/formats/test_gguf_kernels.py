@@ -103,6 +103,21 @@ def test_values_equal_gguf_dequantize(name):
     assert rel < 2.0 ** (2 - t.bits_per_weight)
 
 
+@pytest.mark.parametrize("name", ALL)
+def test_torch_engine_gives_ggml_bytes_too(name, monkeypatch):
+    """The numba searches and fused paths are a speed-up of the torch kernels (which also run on
+    GPUs and where numba is missing): the pure-torch engine must give the same bytes."""
+    from kscale.quant.gguf import search
+
+    t = GGUF_TYPES[name]
+    w = torch.cat([matrix("zero_and_outlier", 256, rows=6, seed=6), matrix("student_t3", 256, rows=4, seed=7)])
+    im = imatrix_for(256) if t.takes_imatrix else None
+    monkeypatch.setattr(search, "ENGINE", "torch")
+    assert_bytes_equal(quantize_gguf(w, name), ggml_quantize(w, t.ggml_type), name, t.block_bytes)
+    if im is not None:
+        assert_bytes_equal(quantize_gguf(w, name, im), ggml_quantize(w, t.ggml_type, im), name, t.block_bytes)
+
+
 def test_every_llama_cpp_type_of_the_issue_is_implemented():
     from kscale.quant.gguf.kernels import KERNELS
 

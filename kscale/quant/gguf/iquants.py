@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import torch
 
+from . import _numba_search
 from ._numerics import (GROUP_MAX_EPS, best_index_int8, bytes_fp16, f32, first_abs_max, fp16, fp16_bytes,
                         nearest_int, pack_nibbles, seq_sum, sqrt, u32_bytes)
+from .search import use_numba
 
 KVALUES = (-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113)
 NTRY = 7
@@ -40,6 +42,9 @@ def _weights(x: torch.Tensor, imatrix: torch.Tensor | None, rows: int, super_siz
 def block_scales(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """The search of ``quantize_row_iq4_nl_impl`` on position-major 32-value groups [32, groups]:
     the best scale of each group (0 for an all-zero group)."""
+    if use_numba(x):
+        return torch.from_numpy(_numba_search.iq4_block_scales(x.contiguous().numpy(),
+                                                               weights.contiguous().numpy(), NTRY))
     values = _levels()
     amax, vmax = first_abs_max(x, dim=0)
     zero = amax < GROUP_MAX_EPS

@@ -19,7 +19,7 @@ from . import iquants, kquants, kquants_low, legacy
 from .types import GGUF_TYPES, GGUFType
 
 #: rows are quantized in chunks of about this many values
-CHUNK_VALUES = 1 << 21
+CHUNK_VALUES = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,8 @@ def _check_matrix(w: torch.Tensor, t: GGUFType) -> torch.Tensor:
         raise ValueError(f"GGUF quantization takes a 2-D floating-point matrix [rows, n_per_row]; got {shape}")
     t.row_bytes(w.shape[1])
     w = w.detach().to(torch.float32).contiguous()
-    if not torch.isfinite(w).all():
+    lo, hi = torch.aminmax(w)  # one reduction pass, no mask tensor; NaN propagates
+    if not (torch.isfinite(lo) and torch.isfinite(hi)):
         raise ValueError(f"{t.name}: the matrix has non-finite values (ggml's quantizers assume finite weights)")
     return w
 

@@ -22,7 +22,8 @@ import torch
 
 from ._numerics import (GROUP_MAX_EPS, bytes_fp16, f32, first_abs_max, fp16, fp16_bytes, nearest_int, pack_bit_planes,
                         pack_nibbles, seq_sum, sqrt)
-from .search import min_scale_search, positive_scale_search, signed_scale_search
+from . import _numba_search
+from .search import min_scale_search, positive_scale_search, signed_scale_search, use_numba
 
 QK_K = 256
 
@@ -131,12 +132,18 @@ def _quantize_affine_k(w: torch.Tensor, imatrix: torch.Tensor | None, *, nmax: i
     """q4_k (nmax 15) and q5_k (31)."""
     rows = w.shape[0]
     x = w.reshape(-1, QK_K)
-    ref_search = (-1.0, 0.1, 20) if nmax == 15 else (-0.5, 0.1, 15)
-    L, (d, dh), (dmin, dminh), ls, lm = _affine_scales(x, imatrix, nmax, ref_search)
-    L = _requantize_affine(x, L, d, dmin, ls, lm, nmax).to(torch.uint8).contiguous()  # [nsb, 8, 32]
+    if imatrix is None and use_numba(x):  # the whole reference path fused (same bits, one pass)
+        d, dmin, scales12, L = _numba_search.q45k_ref(x.numpy(), nmax)
+        dh, dminh = fp16(torch.from_numpy(d))[1], fp16(torch.from_numpy(dmin))[1]
+        scales12, L = torch.from_numpy(scales12), torch.from_numpy(L).view(-1, 8, 32)
+    else:
+        ref_search = (-1.0, 0.1, 20) if nmax == 15 else (-0.5, 0.1, 15)
+        L, (d, dh), (dmin, dminh), ls, lm = _affine_scales(x, imatrix, nmax, ref_search)
+        L = _requantize_affine(x, L, d, dmin, ls, lm, nmax).to(torch.uint8).contiguous()  # [nsb, 8, 32]
+        scales12 = pack_scale_min_k4(ls, lm)
     pairs = L.view(-1, 4, 2, 32)
     qs = pack_nibbles(pairs[:, :, 0], pairs[:, :, 1]).reshape(-1, 128)
-    parts = [fp16_bytes(dh), fp16_bytes(dminh), pack_scale_min_k4(ls, lm)]
+    parts = [fp16_bytes(dh), fp16_bytes(dminh), scales12]
     if nmax == 31:
         parts.append(pack_bit_planes(L >> 4))
     return torch.cat(parts + [qs], dim=1).view(rows, -1)

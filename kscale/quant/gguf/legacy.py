@@ -17,7 +17,8 @@ import torch
 
 from ._numerics import (bytes_fp16, bytes_u32, f32, first_abs_max, first_max, first_min, fp16, fp16_bytes,
                         pack_nibbles, round_away, seq_sum, sqrt, u32_bytes)
-from .search import min_scale_search, signed_scale_search
+from . import _numba_search
+from .search import min_scale_search, signed_scale_search, use_numba
 
 QK = 32
 
@@ -104,8 +105,11 @@ quantize_q5_1 = functools.partial(_quantize_affine, nmax=31)
 
 def quantize_q8_0(w: torch.Tensor, imatrix: torch.Tensor | None) -> torch.Tensor:
     x = _blocks(w)
-    d = x.abs().amax(dim=1) / 127
-    codes = round_away(x * _safe_inverse(d).unsqueeze(1)).to(torch.int8)
+    if use_numba(x):  # one fused pass, same bits
+        d, codes = (torch.from_numpy(a) for a in _numba_search.q8_0_ref(x.numpy()))
+    else:
+        d = x.abs().amax(dim=1) / 127
+        codes = round_away(x * _safe_inverse(d).unsqueeze(1)).to(torch.int8)
     return torch.cat([fp16_bytes(fp16(d)[1]), codes.view(torch.uint8)], dim=1).view(w.shape[0], -1)
 
 

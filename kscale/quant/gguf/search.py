@@ -9,12 +9,32 @@ its (deterministic) scale instead of being stored.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
+from . import _numba_search
 from ._numerics import GROUP_MAX_EPS, f32, first_abs_max, first_max, first_min, nearest_int, seq_sum
+
+#: "auto": the numba searches for float32 CPU tensors when numba is there, else torch; "torch": always torch
+ENGINE = "auto"
+
+
+def use_numba(x: torch.Tensor) -> bool:
+    """Whether the numba version of a search runs for ``x`` (bit-identical either way)."""
+    return ENGINE == "auto" and _numba_search.AVAILABLE and x.device.type == "cpu" and x.dtype == torch.float32
 
 
 def signed_scale_search(x: torch.Tensor, nmax: int, weights: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``make_qx_quants`` (see :func:`_signed_scale_search_torch`), numba or torch."""
+    if use_numba(x):
+        xs = x.contiguous().numpy()
+        ws = xs if weights is None else weights.contiguous().numpy()
+        scale, L = _numba_search.signed_scale_search(xs, ws, nmax, weights is None)
+        return torch.from_numpy(scale), torch.from_numpy(L)
+    return _signed_scale_search_torch(x, nmax, weights)
+
+
+def _signed_scale_search_torch(x: torch.Tensor, nmax: int, weights: torch.Tensor | None):
     """``make_qx_quants(n, nmax, x, L, rmse_type=1, qw)`` on position-major ``x`` [n, groups].
 
     Symmetric codes ``l`` in [-nmax, nmax-1]; weights ``qw`` or, without them, ``x²``. Tries
@@ -54,6 +74,17 @@ def signed_scale_search(x: torch.Tensor, nmax: int, weights: torch.Tensor | None
 
 def min_scale_search(x: torch.Tensor, weights: torch.Tensor, nmax: int, rmin: float, rdelta: float,
                      nstep: int, use_mad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``make_qkx2/3_quants`` (see :func:`_min_scale_search_torch`), numba or torch."""
+    if use_numba(x):
+        scale, neg_min, L = _numba_search.min_scale_search(
+            x.contiguous().numpy(), weights.contiguous().numpy(), nmax, np.float32(rmin), np.float32(rdelta),
+            nstep, use_mad)
+        return torch.from_numpy(scale), torch.from_numpy(neg_min), torch.from_numpy(L)
+    return _min_scale_search_torch(x, weights, nmax, rmin, rdelta, nstep, use_mad)
+
+
+def _min_scale_search_torch(x: torch.Tensor, weights: torch.Tensor, nmax: int, rmin: float, rdelta: float,
+                            nstep: int, use_mad: bool):
     """``make_qkx2_quants`` / ``make_qkx3_quants`` (identical when weights are given) on [n, groups].
 
     Affine codes ``l`` in [0, nmax] with ``x ≈ scale·l + min`` (min <= 0). Starts from the

@@ -41,8 +41,12 @@ WANDB_MODES: tuple[str, ...] = ("disabled", "offline", "online")
 #: the x axis). Only those that vary among the job's rows name the lines.
 SERIES_COLUMNS: tuple[str, ...] = ("method", "dtype", "blocksize", "centered", "exponent_bits",
                                    "scale_bits", "outlier_frac", "seed")
-#: Row columns drawn as curves: the metrics a researcher reads against bits.
+#: Row columns drawn as curves: the metrics a researcher reads against bits ...
 CURVE_PREFIXES: tuple[str, ...] = ("nll_", "ppl_", "bpb_", "kl_", "top1_", "acc_")
+#: ... but not their statistics (standard errors, KL quantiles, paired differences), which
+#: would multiply the charts without adding a curve anyone reads first.
+STAT_SUFFIXES: tuple[str, ...] = ("_se", "_stderr", "_max", "_median", "_p90", "_p99", "_tail",
+                                  "_paired")
 _DEFAULT_BASE_URL = "https://api.wandb.ai"
 
 
@@ -123,7 +127,7 @@ def curve_metrics(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     names: dict[str, None] = {}
     for row in rows:
         for col, value in row.items():
-            if (col.startswith(CURVE_PREFIXES) and not col.endswith("_stderr")
+            if (col.startswith(CURVE_PREFIXES) and not col.endswith(STAT_SUFFIXES)
                     and _number(value) is not None):
                 names.setdefault(col)
     return list(names)
@@ -133,11 +137,20 @@ def job_curves(rows: Sequence[Mapping[str, Any]], metric: str) -> dict[str, list
     """``{line label: [(bits, value), ...]}`` for one metric of one job's ok rows, bits ascending.
 
     A line is one combination of the :data:`SERIES_COLUMNS` that vary among the quantized rows
-    (``int``, ``nf``; ``gptq int`` when methods vary too); the 16-bit baseline is the line
-    ``16-bit`` drawn flat over the quantized bits' range."""
+    plus the data type (``int``, ``nf``; ``gptq int`` when methods vary; ``int blocksize=64``); a setting that
+    only follows the data type (float's default exponent bits) names no line. The 16-bit
+    baseline is the line ``16-bit`` drawn flat over the quantized bits' range."""
     ok = [r for r in rows if r.get("status", "ok") == "ok" and _number(r.get(metric)) is not None]
     quantized = [r for r in ok if r.get("bits") != 16]
-    varying = [c for c in SERIES_COLUMNS if len({str(r.get(c)) for r in quantized}) > 1] or ["dtype"]
+
+    def varies(col: str, within: tuple[str, ...]) -> bool:
+        groups: dict[tuple[str, ...], set[str]] = {}
+        for r in quantized:
+            groups.setdefault(tuple(str(r.get(c)) for c in within), set()).add(str(r.get(col)))
+        return any(len(values) > 1 for values in groups.values())
+
+    varying = (["method"] if varies("method", ()) else []) + ["dtype"]  # dtype names every line
+    varying += [c for c in SERIES_COLUMNS if c not in ("method", "dtype") and varies(c, ("method", "dtype"))]
     lines: dict[str, list[tuple[float, float]]] = {}
     for r in quantized:
         label = " ".join(f"{c}={r.get(c)}" if c not in ("method", "dtype") else str(r.get(c))

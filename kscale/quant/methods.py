@@ -31,6 +31,7 @@ from torch import nn
 from kscale.quant.calibration import CalibrationConfig, CalibrationSet
 from kscale.quant.filter import ModuleFilter
 from kscale.quant.formats import format_of
+from kscale.quant.imatrix import imatrix_for
 from kscale.quant.ledger import BitLedger, ledger_for
 from kscale.quant.model import quantize_model
 from kscale.quant.spec import QuantSpec
@@ -146,6 +147,17 @@ class QuantMethod:
             )
         format_of(spec).check_method(self.name)
 
+    def calibration_config(self, config: MethodConfig, spec: Any, *,
+                           own_corpus: str | None = None) -> CalibrationConfig | None:
+        """The calibration windows a cell needs: a calibrated method's own, else -- for a format
+        that weights rounding by calibration statistics (a GGUF type with ``imatrix=true``) --
+        the default calibration config on the family's own corpus (WikiText-2 otherwise)."""
+        if isinstance(config, CalibratedConfig):
+            return config.calibration
+        if getattr(spec, "needs_calibration", False):
+            return CalibrationConfig(**({"dataset": own_corpus} if own_corpus else {}))
+        return None
+
     def with_calibration(self, config: MethodConfig, calibration: CalibrationSet | None) -> MethodConfig:
         """``config`` with the calibration fields as actually drawn (resolved seqlen/split)."""
         if calibration is not None and isinstance(config, CalibratedConfig):
@@ -217,8 +229,9 @@ class RoundToNearest(QuantMethod):
                  outlier_pairs=(), progress=False) -> BitLedger:
         self.check(spec)
         keep = _keep_columns(model, spec, outlier_pairs, module_filter)
+        imatrices = imatrix_for(model, spec, calibration, module_filter)  # GGUF imatrix=true only
         return quantize_model(model, spec, module_filter=module_filter, progress=progress,
-                              **({"keep_columns": keep} if keep else {}))
+                              imatrices=imatrices, **({"keep_columns": keep} if keep else {}))
 
 
 #: keys of apply_method's ``options`` that are run-time arguments, not method options

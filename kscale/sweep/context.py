@@ -102,13 +102,17 @@ class JobContext:
         config = method.configure(cell.options_dict, seed=cell.seed, own_corpus=self.family.provider)
         return method, config
 
-    def calibration_for(self, method: Any, config: Any) -> Any:
-        """Calibration windows for a method that needs them, drawn once per distinct config."""
-        if not method.needs_calibration:
+    def calibration_key(self, method: Any, config: Any, cell: CellSpec) -> Any:
+        """The cell's calibration config (the method's, or its format's for an imatrix), or None."""
+        return method.calibration_config(config, cell.quant, own_corpus=self.family.provider)
+
+    def calibration_for(self, method: Any, config: Any, cell: CellSpec) -> Any:
+        """Calibration windows for a cell that needs them, drawn once per distinct config."""
+        key = self.calibration_key(method, config, cell)
+        if key is None:
             return None
         from kscale.quant.calibration import calibration_tokens
 
-        key = config.calibration
         if key not in self.calibrations:
             own = self.family.provider is not None and key.dataset == self.family.provider
             self.calibrations[key] = calibration_tokens(
@@ -119,7 +123,7 @@ class JobContext:
     def quantize(self, cell: CellSpec) -> Any:
         """Quantize the model in place for ``cell``; returns its ``BitLedger``."""
         method, config = self.method_config(cell)
-        calibration = self.calibration_for(method, config)
+        calibration = self.calibration_for(method, config, cell)
         _take_compile_seconds()  # start the cell's compile-time account at zero
         return method.quantize(
             self.model, cell.quant, method.with_calibration(config, calibration),
@@ -130,8 +134,12 @@ class JobContext:
         """The method's own columns, resolved (``calib_*`` as actually drawn, ``gptq_*``, ...).
         A failed calibration is not retried here, outside the cell's error handling."""
         method, config = self.method_config(cell)
-        calibration = self.calibrations.get(getattr(config, "calibration", None))
-        return method.row(method.with_calibration(config, calibration))
+        key = self.calibration_key(method, config, cell)
+        calibration = self.calibrations.get(key)
+        row = method.row(method.with_calibration(config, calibration))
+        if key is not None and not method.needs_calibration:  # the format's own (imatrix) windows
+            row.update((calibration.config if calibration is not None else key).to_row())
+        return row
 
     # -------------------------------------------------------------- evaluation, one path
 

@@ -168,3 +168,57 @@ def test_mx_types_are_formats_with_the_kernel_cost():
         assert cost.total_bits == w.numel() * bpw == mx.storage_bits(tuple(w.shape), name)
         assert 8 * len(pack(w, name)) == cost.total_bits
         assert torch.equal(fake_quantize(w, name), mx.fake_quantize_mx(w, name))
+
+
+class _TinyLM(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = torch.nn.Embedding(10, 32)
+        self.proj = torch.nn.Linear(32, 64)
+
+    def forward(self, ids):
+        return self.proj(self.emb(ids))
+
+
+def test_importance_matrix_is_the_mean_square_input_per_column_and_changes_gguf_rounding():
+    """llama.cpp's imatrix: per input column, sum of x^2 over tokens / number of tokens."""
+    pytest.importorskip("kscale.quant.gguf")
+    from kscale.quant import METHODS, quantize_model
+    from kscale.quant.filter import ModuleFilter
+    from kscale.quant.imatrix import importance_matrices
+
+    model = _TinyLM()
+    ids = torch.randint(0, 10, (5, 7), generator=torch.Generator().manual_seed(2))
+    im = importance_matrices(model, ids, ModuleFilter(), batch_size=2)
+    x = model.emb(ids).detach().reshape(-1, 32)
+    assert torch.allclose(im["proj"], x.pow(2).mean(dim=0), rtol=1e-6)
+    spec = FORMATS.get("q4_0").configure(imatrix=True)
+    w0 = model.proj.weight.detach().clone()
+    METHODS.get("rtn").quantize(model, spec, None, module_filter=ModuleFilter(), calibration=ids)
+    from kscale.quant.gguf import fake_quantize_gguf
+
+    assert torch.equal(model.proj.weight, fake_quantize_gguf(w0, "q4_0", im["proj"]))
+    assert not torch.equal(model.proj.weight, fake_quantize_gguf(w0, "q4_0"))
+    with pytest.raises(ValueError, match="imatrix=true needs calibration windows"):
+        METHODS.get("rtn").quantize(model, spec, None, module_filter=ModuleFilter())
+    with pytest.raises(ValueError, match="q4_0 with imatrix=true needs the importance matrix"):
+        quantize_model(model, spec, progress=False)
+
+
+@pytest.mark.parametrize("name", ["q4_k", "mxfp4", "q8_0"])
+def test_kernel_formats_quantize_in_place_and_the_snapshot_restores_bitwise(name):
+    pytest.importorskip("kscale.quant.gguf")
+    pytest.importorskip("kscale.quant.mx")
+    from kscale.quant import METHODS, WeightSnapshot
+
+    model = torch.nn.Sequential(torch.nn.Linear(256, 64), torch.nn.Linear(64, 256))  # 64: q4_k -> q5_0
+    before = [p.detach().clone() for p in model.parameters()]
+    spec = FORMATS.get(name).configure()
+    with WeightSnapshot(model):
+        ledger = METHODS.get("rtn").quantize(model, spec, None)
+        assert torch.equal(model[0].weight, fake_quantize(before[0], name))
+        assert not torch.equal(model[0].weight, before[0])
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    expected = sum(FORMATS.get(name).tensor_cost(tuple(m.weight.shape), spec).total_bits for m in model)
+    assert ledger.total_bits == expected + 16 * (64 + 256)  # biases at 16 bits

@@ -57,10 +57,11 @@ class MXFormat(StorageFormat):
         return MXConfig(self.name, **options)
 
     def fake_quantize_(self, w: torch.Tensor, config: MXConfig, **_: Any) -> torch.Tensor:
-        from kscale.quant.mx import fake_quantize_mx
+        """Into ``w``'s storage (the fused kernel writes there directly for contiguous float32)."""
+        from kscale.quant.mx import fake_quantize_mx_
 
         with torch.no_grad():
-            w.copy_(fake_quantize_mx(w.detach().float().contiguous(), self.name))
+            fake_quantize_mx_(w, self.name)
         return w
 
     def tensor_cost(self, shape, config: MXConfig, n_kept_columns: int = 0) -> TensorCost:

@@ -94,6 +94,12 @@ def row_key(identity: Mapping[str, Any]) -> str:
     identity = dict(identity)
     if identity.get("format") in (None, DEFAULT_FORMAT):
         identity.pop("format", None)  # the default format (and the baseline) hash as before formats
+    for kind in ("act", "kv"):  # activations/KV at 16 bit (off) hash as before issue 20
+        if identity.get(f"{kind}_bits") in (None, 16):
+            for col in ("bits", "granularity", "dtype"):
+                identity.pop(f"{kind}_{col}", None)
+    if identity.get("kv_site") is None:
+        identity.pop("kv_site", None)
     text = json.dumps(_canonical(identity), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

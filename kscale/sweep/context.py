@@ -72,6 +72,16 @@ def _take_compile_seconds() -> float | None:
     return float(take_compile_seconds())
 
 
+def _take_kernels() -> str | None:
+    """Which blockwise kernels (numba, inductor, eager) ran since the last call, if known; None
+    for formats whose kernels live in their own packages (GGUF, MX)."""
+    try:
+        from kscale.quant import take_kernels
+    except ImportError:
+        return None
+    return take_kernels()
+
+
 @dataclass
 class JobContext:
     """Everything fixed for one job; built by :func:`open_job`."""
@@ -125,6 +135,7 @@ class JobContext:
         method, config = self.method_config(cell)
         calibration = self.calibration_for(method, config, cell)
         _take_compile_seconds()  # start the cell's compile-time account at zero
+        _take_kernels()  # and its record of which kernels ran
         return method.quantize(
             self.model, cell.quant, method.with_calibration(config, calibration),
             module_filter=self.family.module_filter, calibration=calibration,
@@ -148,15 +159,32 @@ class JobContext:
         Both come from the same suite, so they have exactly the same columns."""
         if cell.is_baseline:
             return dict(self.reference)
+        from kscale.quant.runtime import runtime_quantization
+
         inner = bool(self.plan.progress) and _is_tty()
-        return self.suite.run(self.model, progress=inner)
+        # activation / KV rounding (issue 20 §1) exists only during the cell's evaluation
+        with runtime_quantization(self.model, cell.runtime, module_filter=self.family.module_filter):
+            return self.suite.run(self.model, progress=inner)
+
+    def runtime_columns(self, cell: CellSpec) -> dict[str, Any]:
+        """``kv_bits_per_token``: the KV cache's bits per token of context at the cell's KV
+        precision (16 bit when off); None for a model type without a registered KV site. A
+        total at context length C is ``total_bits + C x kv_bits_per_token`` (README)."""
+        from kscale.quant.runtime import RuntimeQuantSpec, kv_bits_per_token
+
+        kv = cell.runtime.kv if cell.runtime is not None else RuntimeQuantSpec(kind="kv")
+        try:
+            return {"kv_bits_per_token": kv_bits_per_token(self.model.config, kv)}
+        except ValueError:
+            return {"kv_bits_per_token": None}
 
     def cost_columns(self, cell: CellSpec, outcome: Any) -> dict[str, Any]:
         """Tokens evaluated, their rate, and the kernels' first-call compile time."""
         tokens = self.reference_tokens if cell.is_baseline else getattr(self.suite, "last_tokens", None)
         compile_s = None if cell.is_baseline else _take_compile_seconds()
         rate = tokens / outcome.eval_s if tokens and outcome.eval_s else None
-        return {"eval_tokens": tokens, "eval_tok_per_s": rate, "compile_s": compile_s}
+        kernel = None if cell.is_baseline else _take_kernels()
+        return {"eval_tokens": tokens, "eval_tok_per_s": rate, "compile_s": compile_s, "kernel": kernel}
 
 
 def _is_tty() -> bool:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 #: Grid axes inside a job, in the order they vary (outermost first). ``method`` and ``seed`` are
@@ -28,11 +28,17 @@ from typing import Any
 QUANT_AXES: tuple[str, ...] = (
     "method", "format", "dtype", "bits", "blocksize", "centered", "exponent_bits", "scale_bits",
     "outlier_frac", "imatrix", "seed",
+    "act_bits", "act_granularity", "act_dtype", "kv_bits", "kv_granularity", "kv_dtype",
+)
+#: Run-time precision axes (issue 20 §1; ``kscale.quant.runtime``): every weight cell, the
+#: 16-bit one included, is crossed with them; act_bits=16 kv_bits=16 is the weights-only cell.
+RUNTIME_AXES: tuple[str, ...] = (
+    "act_bits", "act_granularity", "act_dtype", "kv_bits", "kv_granularity", "kv_dtype",
 )
 #: Axes every cell takes whatever its format; the others belong to the formats that declare them
 #: (``StorageFormat.axes``), and a grid crossing a format with an axis it does not take expands
 #: per format, leaving that axis out of the format's cells and rows.
-CELL_AXES: tuple[str, ...] = ("method", "format", "seed")
+CELL_AXES: tuple[str, ...] = ("method", "format", "seed", *RUNTIME_AXES)
 DEFAULT_FORMAT = "blockwise"
 #: Model-config axes whose comma lists become separate jobs of one plan (one load each).
 MODEL_AXES: tuple[str, ...] = ("model.sizes", "model.revisions")
@@ -64,17 +70,20 @@ class CellSpec:
         quant: the ``QuantSpec``.
         seed: calibration seed (0 for methods that do not sample).
         options: method options as sorted ``(name, value)`` pairs (hashable; JSON values).
+        runtime: a ``kscale.quant.runtime.RuntimePrecision`` rounding activations / K and V in
+            the forward pass, or ``None`` (weights only; an all-16 precision is stored as None).
     """
 
     method: str
     quant: Any  # kscale.quant.QuantSpec (kept untyped so importing the grid needs no torch)
     seed: int = 0
     options: tuple[tuple[str, Any], ...] = field(default=())
+    runtime: Any = None
 
     @property
     def is_baseline(self) -> bool:
         """The unquantized 16-bit cell (its metrics are the job's 16-bit reference pass)."""
-        return self.quant.is_baseline
+        return self.quant.is_baseline and self.runtime is None
 
     @property
     def options_dict(self) -> dict[str, Any]:
@@ -83,6 +92,9 @@ class CellSpec:
     @property
     def label(self) -> str:
         """``int4-b64-rtn`` (``fp16-baseline`` for the baseline): for progress bars and logs."""
+        if self.runtime is not None:
+            weights = CellSpec(self.method, self.quant, self.seed, self.options).label
+            return f"{weights}-{self.runtime.label}"
         if self.is_baseline:
             return "16bit-baseline"
         q = self.quant
@@ -107,14 +119,49 @@ class CellSpec:
         The baseline's quantization fields other than ``bits`` are None: a 16-bit row has no
         data type or block size, and must not look like one of the grid's."""
         row = {"format": getattr(self.quant, "format", DEFAULT_FORMAT), **self.quant.to_row()}
-        if self.is_baseline:
+        if self.quant.is_baseline:
             row = {k: (v if k == "bits" else None) for k, v in row.items()}
         row.update(
             method=self.method,
             seed=self.seed,
             method_options=json.dumps(self.options_dict, sort_keys=True, separators=(",", ":")),
         )
+        row.update(_runtime_row(self.runtime))
         return row
+
+
+def _runtime_row(runtime: Any) -> dict[str, Any]:
+    """act_*/kv_* columns (16 and None when off; ``row_key`` leaves the off ones out)."""
+    if runtime is None:
+        from kscale.quant.runtime import RuntimePrecision
+
+        runtime = RuntimePrecision()
+    return runtime.to_row()
+
+
+def runtime_precisions(axes: Mapping[str, Any]) -> list[Any]:
+    """The grid's run-time precisions: ``None`` (weights only) for act_bits=16 kv_bits=16, and
+    one ``RuntimePrecision`` per other combination (an off part's granularity/dtype collapse)."""
+    if not any(a in axes for a in RUNTIME_AXES):
+        return [None]
+    from kscale.quant.runtime import RuntimePrecision, RuntimeQuantSpec
+
+    out: dict[Any, None] = {}
+    names = [a for a in RUNTIME_AXES if a in axes]
+    for combo in itertools.product(*(as_list(axes[a]) for a in names)):
+        point = dict(zip(names, combo))
+        try:
+            parts = {}
+            for kind, granularity in (("act", "token"), ("kv", "head")):
+                bits = point.get(f"{kind}_bits", 16)
+                parts[kind] = RuntimeQuantSpec(kind=kind) if bits == 16 else RuntimeQuantSpec(
+                    bits, point.get(f"{kind}_granularity") or granularity,
+                    point.get(f"{kind}_dtype") or "int", kind=kind)
+        except ValueError as err:
+            raise ValueError(f"{err} (grid point {point})") from None
+        precision = RuntimePrecision(**parts)
+        out.setdefault(None if precision.is_off else precision, None)
+    return list(out)
 
 
 def _freeze(value: Any) -> Any:
@@ -192,7 +239,7 @@ def expand_cells(
     if BASELINE_BITS in as_list(axes.get("bits", [])):
         baseline = CellSpec(baseline_method(), quant_spec_factory(bits=BASELINE_BITS), 0)
     for fmt in formats:
-        names = [a for a in known if a in axes and a != "format"
+        names = [a for a in known if a in axes and a != "format" and a not in RUNTIME_AXES
                  and (a in CELL_AXES or a in fmt.axes)]
         values = [as_list(axes[a]) for a in names]
         for combo in itertools.product(*values):
@@ -213,7 +260,11 @@ def expand_cells(
             seed = int(seed) if method.seed_matters else 0
             options = _freeze(dict(method_options.get(method.name, {}) or {}))
             cells.setdefault(CellSpec(method.name, spec, seed, options), None)
-    return ([baseline] if baseline else []) + list(cells)
+    weights_only = ([baseline] if baseline else []) + list(cells)
+    runtimes = runtime_precisions(axes)
+    if runtimes == [None]:
+        return weights_only
+    return [replace(cell, runtime=rt) for rt in runtimes for cell in weights_only]
 
 
 def grid_size(axes: Mapping[str, Sequence[Any]]) -> int:

@@ -122,7 +122,8 @@ def _run_one(ctx: JobContext, cell: CellSpec, identity: Mapping[str, Any], key: 
     if cell.is_baseline:
         outcome.eval_s = ctx.reference_s  # the reference pass *is* its evaluation
     return {**identity, "n_params": ctx.loaded.n_params, **ctx.static,
-            **ctx.method_columns(cell), **outcome.to_row(), **ctx.cost_columns(cell, outcome),
+            **ctx.method_columns(cell), **ctx.runtime_columns(cell), **outcome.to_row(),
+            **ctx.cost_columns(cell, outcome),
             "timestamp": now(), "key": key}
 
 

@@ -4,7 +4,8 @@
 # through SLURM_CONF=<dir>/slurm.conf.
 #
 #   scripts/slurm/cluster.sh start DIR   # munge, MariaDB, slurmdbd, slurmctld, slurmd; prints `export SLURM_CONF=...`
-#   scripts/slurm/cluster.sh stop DIR    # cancel jobs, stop every daemon this script started (recorded PIDs)
+#   scripts/slurm/cluster.sh stop DIR    # cancel jobs, stop every daemon this script started (recorded PIDs;
+#                                        # munged only when no other cluster runs)
 #   scripts/slurm/cluster.sh status DIR  # sinfo + the daemons' PIDs
 #
 # Why each piece (measured on Debian 12, SLURM 22.05; see ../shared/notes/slurm.md):
@@ -170,12 +171,25 @@ stop_pid() {  # stop_pid NAME: TERM, then KILL after 10 s, the process recorded 
     rm -f "$file"
 }
 
+other_slurmctld() {  # another cluster's slurmctld is running (zombies of stopped ones do not count)
+    command -v pgrep >/dev/null || return 1
+    for pid in $(pgrep -x slurmctld); do alive "$pid" && return 0; done
+    return 1
+}
+
 stop() {
     if [ -f "$D/slurmctld.bgpid" ] && alive "$(cat "$D/slurmctld.bgpid")"; then
         scancel --quiet --user=root 2>/dev/null || true  # a test's leftover jobs
         for _ in $(seq 50); do [ -z "$(squeue -h 2>/dev/null)" ] && break; sleep 0.2; done
     fi
-    for name in slurmd slurmctld slurmdbd mariadb munged; do stop_pid "$name"; done
+    for name in slurmd slurmctld slurmdbd mariadb; do stop_pid "$name"; done
+    # munged is shared: a cluster another session started later may be using the one we started
+    if other_slurmctld; then
+        [ -f "$D/munged.bgpid" ] && echo "slurm cluster: munged left running (another cluster uses it)" >&2
+        rm -f "$D/munged.bgpid"
+    else
+        stop_pid munged
+    fi
 }
 
 status() {

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 #: Columns that identify a quantization configuration (independent of model size).
 CONFIG_COLUMNS = ("method", "format", "dtype", "bits", "blocksize", "centered", "exponent_bits", "scale_bits",
-                  "outlier_frac", "imatrix")
+                  "outlier_frac", "imatrix", "act_bits", "act_granularity", "kv_bits", "kv_granularity")
 #: The format whose rows are labelled by their data type alone (kscale.quant.formats' default).
 DEFAULT_FORMAT = "blockwise"
 
@@ -90,8 +90,9 @@ def _frontier(data: pd.DataFrame, metric: str, cost: str) -> pd.DataFrame:
 
 
 def _config_label(row: pd.Series) -> str:
+    runtime = _runtime_label(row)  # activations / KV cache (issue 20 §1): "A8 KV4-head"
     if "bits" in row.index and pd.notna(row["bits"]) and float(row["bits"]) >= 16:
-        return "16-bit baseline"  # dtype/blocksize/method mean nothing for the unquantized model
+        return f"16-bit weights {runtime}" if runtime else "16-bit baseline"  # dtype/blocksize/method mean nothing for the unquantized model
     parts = []
     for c in CONFIG_COLUMNS:
         if c in row.index and pd.notna(row[c]):
@@ -108,6 +109,17 @@ def _config_label(row: pd.Series) -> str:
                 parts.append(str(v))  # a GGUF / MX type: its name says what a dtype would
             elif c == "imatrix" and v is True:
                 parts.append("imatrix")
+    return " ".join(parts + ([runtime] if runtime else []))
+
+
+def _runtime_label(row: pd.Series) -> str:
+    """``A8 KV4-head`` for a row whose activations or KV cache are quantized; "" when both are 16."""
+    parts = []
+    for kind, short in (("act", "A"), ("kv", "KV")):
+        bits = row.get(f"{kind}_bits")
+        if bits is not None and pd.notna(bits) and float(bits) < 16:
+            gran = row.get(f"{kind}_granularity")
+            parts.append(f"{short}{int(bits)}" + (f"-{gran}" if isinstance(gran, str) and gran != "token" else ""))
     return " ".join(parts)
 
 

@@ -66,3 +66,18 @@ def test_toy_sweep_with_act8_kv4(tmp_path):
     assert w16["kv_bits_per_token"] == 2 * cfg.n_layer * (cfg.n_embd * 4 + cfg.n_head * 16)
     assert w16["kl_toy"] > 0  # 8-bit activations and 4-bit K/V moved the 16-bit weights' output
     assert w4["nll_toy"] > w16["nll_toy"] - 1e-3
+
+
+def test_pareto_labels_name_the_runtime_precision():
+    import pandas as pd
+
+    from kscale.pareto import config_key
+
+    df = pd.DataFrame([
+        dict(method="rtn", dtype="int", bits=4, blocksize=64, act_bits=8, act_granularity="token",
+             kv_bits=4, kv_granularity="head"),
+        dict(method="none", bits=16, act_bits=16, kv_bits=16),
+        dict(method="none", bits=16, act_bits=8, act_granularity="block32", kv_bits=16),
+    ])
+    assert list(config_key(df)) == ["rtn int 4-bit B=64 A8 KV4-head", "16-bit baseline",
+                                    "16-bit weights A8-block32"]

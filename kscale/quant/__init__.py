@@ -11,6 +11,7 @@ from kscale.quant._fast import (
     get_kernel,
     set_kernel,
     take_compile_seconds,
+    take_kernels,
 )
 from kscale.quant.core import (
     BlockLayout,
@@ -71,6 +72,7 @@ __all__ = [
     "set_kernel",
     "store_constant",
     "take_compile_seconds",
+    "take_kernels",
     "to_blocks",
 ]
 

@@ -29,13 +29,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import os
 import time
 
 import numpy as np
 import torch
 
 from kscale.quant import _numba
+from kscale.quant.kernel_cache import EAGER, KERNEL_CACHE
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +43,9 @@ KERNELS = ("auto", "eager", "compiled")
 _SELECT_MAX_CODES = 32
 #: below this many values, compiling is not worth it (and tests stay compile-free)
 MIN_COMPILED_NUMEL = 1 << 20
-_state: dict[str, object] = {"mode": os.environ.get("KSCALE_QUANT_KERNEL", "auto"), "broken": None,
-                             "numba": None}
-_compiled: dict[str, object] = {}
+# every mutable cache lives in KERNEL_CACHE (kscale.quant.kernel_cache); these names alias its parts
+_state = KERNEL_CACHE.state
+_compiled = KERNEL_CACHE.compiled
 
 
 def set_kernel(mode: str) -> None:
@@ -94,7 +94,7 @@ def midpoints(code: torch.Tensor) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- large code books
 _INT32_MIN = -(2**31)
-_LUT_CACHE: dict[tuple, tuple[torch.Tensor, torch.Tensor, int]] = {}
+_LUT_CACHE = KERNEL_CACHE.luts
 #: codebooks with more midpoints than this use the bit-pattern table instead of bucketize
 LUT_MIN_MIDPOINTS = 32
 
@@ -255,7 +255,7 @@ def _lut1_body(xb, thr, lo, hi, centered: bool, scale_bits: int):
     return _dequant(torch.where(thr[b] < xn, hi[b], lo[b]), scale, offset, xb.dtype)
 
 
-_LUT1_CACHE: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+_LUT1_CACHE = KERNEL_CACHE.lut1s
 
 
 def _lut1_for(code: torch.Tensor, mids: torch.Tensor):
@@ -334,7 +334,7 @@ def _get_compiled(name: str):
 
 
 # ----------------------------------------------------------------------------- compile time
-_COMPILE = {"seconds": 0.0, "compiles": 0, "taken": 0.0}
+_COMPILE = KERNEL_CACHE.compile_time
 
 
 def _graphs_compiled() -> int:
@@ -467,31 +467,85 @@ def resolve_kernel(kernel: str | None, numel: int, device: torch.device) -> str:
 
 
 def fake_quantize_blocks_(xb: torch.Tensor, code: torch.Tensor, spec, *, kernel: str | None = None,
-                          strict: bool | None = None) -> None:
+                          strict: bool | None = None, record: bool = True) -> None:
     """Fake-quantize contiguous [n_blocks, B] blocks in place (any float dtype, kept).
+
+    The first fast-path call per (config, block size, device, dtype) checks itself against the
+    eager reference on this very tensor (:mod:`kscale.quant.kernel_cache`); a mismatch or an
+    exception sends that key to eager for the rest of the process, with one warning.
 
     Args:
         kernel: ``auto``/``eager``/``compiled`` or ``None`` (the process setting); ``auto``
             decides on ``xb``'s own size.
-        strict: raise if the compiled kernel fails instead of falling back to eager; default:
-            only when ``kernel="compiled"`` was asked for explicitly.
+        strict: raise if the compiled kernel fails (or fails its self-check) instead of falling
+            back to eager; default: only when ``kernel="compiled"`` was asked for explicitly.
+        record: note the kernel in :data:`KERNEL_CACHE` ``.used`` (not for a ragged block's tail).
     """
     mode = kernel or get_kernel()
     strict = mode == "compiled" if strict is None else strict
     resolved = resolve_kernel(mode, xb.numel(), xb.device)
     strategy = _strategy(code, spec.dtype)
     usable = strict or _state["broken"] is None
-    if resolved == "compiled" and usable and xb.device.type == "cpu" and strategy is not None:
+    key = (strategy, spec.dtype, spec.bits, spec.exponent_bits, spec.centered, spec.scale_bits,
+           xb.shape[1], str(xb.device), xb.dtype)
+    verdict = KERNEL_CACHE.checked.get(key)
+    if (resolved == "compiled" and usable and xb.device.type == "cpu" and strategy is not None
+            and (verdict != EAGER or strict)):
+        first = verdict is None
+        before = xb.clone() if first else None
         try:
-            if not _run_numba_(strategy, xb, code, spec):
+            engine = "numba" if _run_numba_(strategy, xb, code, spec) else None
+            if engine is None:
                 _run_compiled_(strategy, xb, code, spec)
+                engine = "inductor"
+            if first and not _self_check(key, engine, xb, before, code, spec, strict):
+                return  # xb holds the eager result
+            KERNEL_CACHE.used.add(engine)
             return
         except Exception as err:  # compiler missing / backend failure: fall back, once
             if strict:
                 raise
+            if first:
+                xb.copy_(before)
+                KERNEL_CACHE.checked[key] = EAGER
             _state["broken"] = repr(err)
             log.warning("fused quantization kernel unavailable (%s); using eager kernels", err)
     _eager_(xb, code, spec)
+    if record:
+        KERNEL_CACHE.used.add("eager")
+
+
+def _differ(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Where two results differ in value (NaN equals NaN; +0 equals -0, as in the kernels'
+    bit-identity contract: the fused int kernel may write -0.0 where eager writes +0.0)."""
+    return (a != b) & ~(torch.isnan(a) & torch.isnan(b))
+
+
+def _self_check(key: tuple, engine: str, xb: torch.Tensor, before: torch.Tensor, code: torch.Tensor,
+                spec, strict: bool) -> bool:
+    """Compare the fast path's result in ``xb`` with the eager reference on ``before``; on a
+    mismatch put the reference into ``xb``, mark ``key`` eager, warn once (raise if strict)."""
+    ref = before
+    _eager_(ref, code, spec)
+    n_bad = int(_differ(xb, ref).sum())
+    if n_bad == 0:
+        KERNEL_CACHE.checked[key] = engine
+        return True
+    message = (f"{engine} quantization kernel differs from the eager reference on {n_bad} of "
+               f"{xb.numel()} values ({spec.dtype}{spec.bits} B={xb.shape[1]} {xb.dtype} on {xb.device})")
+    if strict:
+        raise RuntimeError(message)
+    xb.copy_(ref)
+    KERNEL_CACHE.checked[key] = EAGER
+    KERNEL_CACHE.used.add("eager")
+    log.warning("%s; using eager for this setting from now on", message)
+    return False
+
+
+def take_kernels() -> str | None:
+    """Which kernels quantized since the previous call (``numba``, ``inductor``, ``eager``,
+    ``+``-joined): the row's ``kernel`` column."""
+    return KERNEL_CACHE.take_used()
 
 
 def compiled_kernel_available() -> bool:

@@ -348,7 +348,7 @@ def _flat_(flat: torch.Tensor, blocksize: int, code, spec: QuantSpec, mode: str,
     if rest:  # padded by repeating its last value, which leaves absmax/max/min unchanged
         tail = flat[body:]
         block = torch.cat([tail, tail[-1:].expand(blocksize - rest)]).view(1, blocksize)
-        _fast.fake_quantize_blocks_(block, code, spec, kernel="eager")
+        _fast.fake_quantize_blocks_(block, code, spec, kernel="eager", record=False)
         tail.copy_(block.view(-1)[:rest])
 
 

@@ -320,7 +320,8 @@ def add_delta(df, metric: str, *, keys: tuple[str, ...] = DELTA_KEYS):
     *this* checkpoint, so the baseline must be the same family, size, revision / training tokens
     and evaluation; ``keys`` lists the columns that must agree (those missing from the table are
     ignored: no ``revision`` column means one revision per size). The baseline row is the one with
-    ``method == "none"`` and ``bits == 16`` (status ok); its own delta is 0.
+    ``method == "none"`` and ``bits == 16`` (status ok; activations and KV cache at 16 bit too,
+    where the table has ``act_bits``/``kv_bits``); its own delta is 0.
 
     A cell without a baseline gets NaN, never 0, and a :class:`MissingBaselineWarning` names how
     many and which checkpoints. Several baseline rows for one checkpoint (reruns of a different
@@ -356,6 +357,9 @@ def add_delta(df, metric: str, *, keys: tuple[str, ...] = DELTA_KEYS):
     gid = kf.apply("\x1f".join, axis=1) if use else _all_same(out)
     values = _numeric(out[metric])
     is_base = (out["method"].astype(str) == BASELINE_METHOD) & (_numeric(out["bits"]) == BASELINE_BITS)
+    for runtime in ("act_bits", "kv_bits"):  # W16A8 / KV4 rows are cells, not the baseline
+        if runtime in out.columns:
+            is_base &= _numeric(out[runtime]).fillna(BASELINE_BITS) == BASELINE_BITS
     if "status" in out.columns:
         is_base &= out["status"].astype(str) == "ok"
     is_base &= np.isfinite(values)

@@ -81,3 +81,16 @@ def test_pareto_labels_name_the_runtime_precision():
     ])
     assert list(config_key(df)) == ["rtn int 4-bit B=64 A8 KV4-head", "16-bit baseline",
                                     "16-bit weights A8-block32"]
+
+
+def test_add_delta_baseline_is_the_row_with_16_bit_activations_and_kv():
+    import pandas as pd
+
+    from kscale.results import add_delta
+
+    df = pd.DataFrame([
+        dict(family="toy", size="a", method="none", bits=16, act_bits=16, kv_bits=16, nll=1.0, status="ok"),
+        dict(family="toy", size="a", method="none", bits=16, act_bits=8, kv_bits=4, nll=1.5, status="ok"),
+        dict(family="toy", size="a", method="rtn", bits=4, act_bits=8, kv_bits=4, nll=2.25, status="ok"),
+    ])
+    assert list(add_delta(df, "nll")["delta_nll"]) == [0.0, 0.5, 1.25]

@@ -26,216 +26,37 @@ either does not exist or is complete, and two sweep jobs never train the same si
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
-from functools import lru_cache, partial
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from kscale.paths import default_cache_dir
+from kscale.toy.options import CACHE_FORMAT, LADDER, QUICK_RUNGS, SIZES, ToyOptions, revision_name, snapshot_steps
+from kscale.toy.reproducible import device_type, in_pinned_child, observed_numerics, train_in_child
+from kscale.toy.sources import (
+    SyntheticSource,
+    TextSource,
+    _corpus_cache_path,
+    data_source,
+    load_toy_corpus,
+)
+from kscale.toy.tokenizer import EOS, SPECIAL_TOKENS, build_tokenizer
+from kscale.toy.train import build_model, n_params, train_model, train_steps
 
-from kscale.data.corpus import TextCorpus
-from kscale.paths import default_cache_dir, write_text_atomic
-from kscale.toy.language import LanguageSpec, MarkovLanguage
-from kscale.toy.reproducible import device_type, in_pinned_child, numerics_key, observed_numerics, train_in_child
-from kscale.toy.tokenizer import EOS, SPECIAL_TOKENS, build_tokenizer, text_vocabulary
-from kscale.toy.train import ARCHITECTURES, ToyShape, TrainSpec, build_model, n_params, train_model, train_steps
+__all__ = [  # the options and sources are re-exported: callers import them from here
+    "CACHE_FORMAT", "LADDER", "QUICK_RUNGS", "SIZES", "SPECIAL_TOKENS", "SyntheticSource", "TextSource",
+    "ToyOptions", "ToyProvider", "_corpus_cache_path", "data_source", "entropy_rate", "load_toy_corpus",
+    "planned_tokens", "revision_name", "snapshot_steps", "train_checkpoint",
+]
 
 log = logging.getLogger(__name__)
-
-#: Bump when the training code changes in a way that changes the weights: old caches go stale.
-#: 2: CPU training pinned to ATen's AVX2 kernels, MKL's COMPATIBLE branch and one thread
-#: (kscale.toy.reproducible); the key names those and the library versions.
-CACHE_FORMAT = 2
-
-#: The default ladder, smallest first: label = ``L<layers>-d<width>``. One shape family (issue 17
-#: §1): two layers, width on a sqrt(2) grid rounded to multiples of 8 (16 .. 64), 8-wide heads,
-#: one batch size (16 x 64 tokens), so optimizer steps grow with the token budget (190 .. 2198
-#: steps). Parameter counts (GPT-2 architecture, 130 token ids, 64 positions, tied head once):
-#: 9.7k, 19k, 32k, 66k, 113k, ~1.7-2.1x per rung, 12x in all.
-#:
-#: Why not the earlier ladder (L1-d4 L1-d8 L1-d16 L2-d24 L3-d32 L4-d48): it changed depth, width,
-#: head count and batch size unevenly (4..32 sequences: 81 steps for the smallest rung, 1197 for the
-#: largest), and its smallest rungs sat on the language's unigram and bigram plateaus; its 16-bit
-#: reducible losses fell in steps (local log-log slopes -0.24 -0.69 -0.24 -1.46 -0.91). On this
-#: family and the default language the slopes measured -0.21 -0.24 -0.21 (L2-d16 .. L2-d48).
-#: Why not wider: 32-value block formats (q4_0, MX) fit every row only at widths that are
-#: multiples of 32, and GGUF k-quants at multiples of 256; a two-layer ladder of widths
-#: 32 .. 192 would be ~0.9M parameters at the top, ~60x the training time of L2-d64 (training cost
-#: grows ~N**2 at a fixed tokens-per-parameter ratio), and 256-wide rows start at ~1.6M.
-LADDER: dict[str, ToyShape] = {
-    "L2-d16": ToyShape(n_layer=2, d_model=16, n_head=2, batch_size=16),  # ~9.7k params
-    "L2-d24": ToyShape(n_layer=2, d_model=24, n_head=3, batch_size=16),  # ~19k
-    "L2-d32": ToyShape(n_layer=2, d_model=32, n_head=4, batch_size=16),  # ~32k
-    "L2-d48": ToyShape(n_layer=2, d_model=48, n_head=6, batch_size=16),  # ~66k
-    "L2-d64": ToyShape(n_layer=2, d_model=64, n_head=8, batch_size=16),  # ~113k
-}
-
-#: Cheap rungs outside the default ladder (the first ones of the earlier ladder): seconds to
-#: train, for smoke tests and quick runs (``model.sizes=[L1-d4]``); not part of the scaling study.
-QUICK_RUNGS: dict[str, ToyShape] = {
-    "L1-d4": ToyShape(n_layer=1, d_model=4, n_head=1, batch_size=4),  # ~1.0k params
-    "L1-d8": ToyShape(n_layer=1, d_model=8, n_head=2, batch_size=8),  # ~2.4k
-    "L1-d16": ToyShape(n_layer=1, d_model=16, n_head=2, batch_size=8),  # ~6.4k
-}
-
-#: Every size the toy family knows: the ladder, then the quick rungs.
-SIZES: dict[str, ToyShape] = {**LADDER, **QUICK_RUNGS}
-
-# SeedSequence spawn keys; training uses 1. "calib" is fresh text for calibrated methods (GPTQ,
-# AWQ, imatrix), so they never see the evaluated split.
-_SPLIT_KEYS = {"train": 4, "validation": 3, "test": 2, "calib": 5}
-_SPLIT_ALIASES = {"valid": "validation", "val": "validation"}
-
-
-@dataclass(frozen=True)
-class ToyOptions:
-    """``provider_options`` of the toy family, validated (see ``conf/model/toy.yaml``).
-
-    Attributes:
-        architecture: a name in :data:`ARCHITECTURES` (``gpt2``, ``opt``, ``llama``).
-        seed: training seed (model initialisation and batch stream).
-        device: where to train (``cpu``, ``cuda``, ...); its type is part of the cache key.
-        language: :class:`LanguageSpec` of the synthetic language.
-        train: :class:`TrainSpec` (``tokens_per_param``, ``seqlen``, ``lr`` ... set at top level).
-        text_path: train on this local text file (word-level vocabulary) instead of the language.
-        max_vocab: vocabulary size for ``text_path`` (most frequent words; others -> ``<unk>``).
-        ladder: size table (label -> shape); defaults to :data:`SIZES` (the ladder and the quick rungs).
-        corpus_seed: seed of the held-out corpus (independent of the training stream).
-        corpus_tokens: default held-out corpus length (tokens).
-        doc_tokens: tokens per held-out document; row_tokens: words per corpus row.
-        progress: show tqdm bars while training.
-        num_threads: torch CPU threads while training (None = 1). Part of the cache key: the
-            reductions split by thread, so each count reaches its own weights
-            (:mod:`kscale.toy.reproducible`).
-        snapshots: checkpoints kept over training per rung, the final one included (the token
-            budget halved ``snapshots - 1`` times: 6 -> 1/32 .. 1 of the budget; 1 = final only);
-            not in the cache key (snapshots do not change the final weights).
-    """
-
-    architecture: str = "gpt2"
-    seed: int = 0
-    device: str = "cpu"
-    language: LanguageSpec = field(default_factory=LanguageSpec)
-    train: TrainSpec = field(default_factory=TrainSpec)
-    text_path: str | None = None
-    max_vocab: int = 2000
-    ladder: Mapping[str, ToyShape] = field(default_factory=lambda: dict(SIZES))
-    corpus_seed: int = 0
-    corpus_tokens: int = 100_000
-    doc_tokens: int = 4_000
-    row_tokens: int = 100
-    progress: bool = True
-    num_threads: int | None = None
-    snapshots: int = 6
-
-    @classmethod
-    def from_mapping(cls, options: Mapping[str, Any] | None) -> ToyOptions:
-        """Parse ``provider_options``; ``TrainSpec`` fields may be given at the top level."""
-        options = dict(options or {})
-        train_keys = {f.name for f in fields(TrainSpec)}
-        own_keys = {f.name for f in fields(cls)} - {"train"}
-        unknown = set(options) - train_keys - own_keys
-        if unknown:
-            raise ValueError(
-                f"unknown toy provider option(s) {sorted(unknown)}; allowed: {sorted(train_keys | own_keys)}"
-            )
-        train = TrainSpec(**{k: options.pop(k) for k in list(options) if k in train_keys})
-        lang = options.pop("language", None) or {}
-        if not isinstance(lang, LanguageSpec):
-            lang_keys = {f.name for f in fields(LanguageSpec)}
-            bad = set(lang) - lang_keys
-            if bad:
-                raise ValueError(f"unknown language option(s) {sorted(bad)}; allowed: {sorted(lang_keys)}")
-            lang = LanguageSpec(**dict(lang))
-        ladder = options.pop("ladder", None)
-        if ladder is not None:
-            ladder = {
-                str(k): v if isinstance(v, ToyShape) else ToyShape(**dict(v)) for k, v in dict(ladder).items()
-            }
-            options["ladder"] = ladder
-        opts = cls(language=lang, train=train, **options)
-        ARCHITECTURES.get(opts.architecture)  # did-you-mean error for typos
-        if opts.text_path is not None and not Path(opts.text_path).is_file():
-            raise ValueError(f"text_path must be an existing text file; got {opts.text_path!r}")
-        if opts.num_threads is not None and (isinstance(opts.num_threads, bool) or not isinstance(opts.num_threads, int)
-                                             or opts.num_threads < 1):
-            raise ValueError(f"num_threads must be an integer >= 1 or null; got {opts.num_threads!r}")
-        if isinstance(opts.snapshots, bool) or not isinstance(opts.snapshots, int) or not 1 <= opts.snapshots <= 16:
-            raise ValueError(f"snapshots must be an integer in 1..16 (checkpoints per rung); got {opts.snapshots!r}")
-        return opts
-
-    @property
-    def threads(self) -> int:
-        """Training threads (``num_threads``; None = 1, the reproducible default)."""
-        return 1 if self.num_threads is None else int(self.num_threads)
-
-    def to_mapping(self) -> dict[str, Any]:
-        """Plain JSON-able ``provider_options`` that :meth:`from_mapping` turns back into these options."""
-        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("train", "language", "ladder")}
-        return {**out, **self.train.to_dict(), "language": self.language.to_dict(),
-                "ladder": {k: asdict(v) for k, v in self.ladder.items()}}
-
-    def revisions(self) -> dict[str, int]:
-        """Revision name -> halvings of the token budget (0 = the final checkpoint), fewest tokens first."""
-        tpp = self.train.tokens_per_param
-        return {revision_name(tpp / 2**j): j for j in range(self.snapshots - 1, -1, -1)}
-
-    @property
-    def final_revision(self) -> str:
-        """The name of the final checkpoint (the whole token budget)."""
-        return revision_name(self.train.tokens_per_param)
-
-    def halvings(self, revision: str | None) -> int:
-        """Halvings of the budget for ``revision`` (None = final); ValueError naming the choices."""
-        if revision is None:
-            return 0
-        table = self.revisions()
-        if revision not in table:
-            raise ValueError(
-                f"unknown toy revision {revision!r}; this ladder saves {', '.join(table)} (nominal "
-                f"tokens per parameter; snapshots={self.snapshots}, tokens_per_param={self.train.tokens_per_param:g})"
-            )
-        return table[revision]
-
-    def key(self) -> str:
-        """Hash of everything that determines the weights (not the progress bar or snapshots)."""
-        if self.text_path is None:
-            data: dict[str, Any] = {"language": self.language.to_dict()}
-        else:
-            digest = hashlib.sha256(Path(self.text_path).read_bytes()).hexdigest()
-            data = {"text_sha256": digest, "max_vocab": self.max_vocab}
-        payload = {
-            "format": CACHE_FORMAT,
-            "architecture": self.architecture,
-            "ladder": {k: asdict(v) for k, v in sorted(self.ladder.items())},
-            "data": data,
-            "train": self.train.to_dict(),
-            "seed": self.seed,
-            "numerics": numerics_key(self.device, self.threads),
-        }
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
-
-    def shape(self, size: str) -> ToyShape:
-        if size not in self.ladder:
-            raise ValueError(f"unknown toy size {size!r}; allowed: {list(self.ladder)}")
-        return self.ladder[size]
-
-
-def revision_name(tokens_per_param: float) -> str:
-    """``tpp<tokens per parameter>``: the same label on every rung, readable in result rows."""
-    return f"tpp{tokens_per_param:g}"
-
-
-def snapshot_steps(steps: int, snapshots: int) -> dict[int, int]:
-    """Halvings ``j`` (1 .. snapshots-1) -> optimizer step ``max(1, round(steps / 2**j))``."""
-    return {j: max(1, round(steps / 2**j)) for j in range(1, snapshots)}
 
 
 def planned_tokens(size: str, opts: ToyOptions, revision: str | None = None) -> int:
@@ -254,90 +75,6 @@ def planned_tokens(size: str, opts: ToyOptions, revision: str | None = None) -> 
     steps = train_steps(opts.train, n, shape.batch_size)
     step = steps if j == 0 else snapshot_steps(steps, opts.snapshots)[j]
     return step * shape.batch_size * opts.train.seqlen
-
-
-# ---------------------------------------------------------------------------- data sources
-class SyntheticSource:
-    """Training batches and held-out text from the embedded :class:`MarkovLanguage`."""
-
-    def __init__(self, language: MarkovLanguage) -> None:
-        self.language = language
-        self.words = language.words
-        self.entropy_rate: float | None = language.entropy_rate
-
-    def batches(self, seed: int):
-        """Batch ``i`` = ``batch_size`` fresh stationary windows from ``SeedSequence([seed, 1, i])``.
-
-        Every window starts from the stationary distribution, so it is distributed exactly as
-        a window of one endless sample; the order is fixed by the seed and the step index.
-        """
-
-        def gen(steps: int, batch_size: int, seqlen: int) -> Iterator[np.ndarray]:
-            for i in range(steps):
-                yield self.language.sample(batch_size, seqlen, np.random.SeedSequence([seed, 1, i]))
-
-        return gen
-
-    def split_tokens(self, split: str, n_tokens: int, doc_tokens: int, seed: int) -> list[np.ndarray]:
-        n_docs = max(1, -(-n_tokens // doc_tokens))
-        ss = np.random.SeedSequence([seed, _SPLIT_KEYS[split]])
-        docs = self.language.sample(n_docs, doc_tokens, ss)
-        flat = docs.ravel()[:n_tokens]
-        return [flat[i : i + doc_tokens] for i in range(0, len(flat), doc_tokens)]
-
-
-class TextSource:
-    """Word-level training data from a local text file: first 90% of lines train, rest held out.
-
-    ``validation`` and ``test`` are the same held-out lines (the demo file has no third split),
-    ``calib`` the training lines (calibration text the evaluation never sees, as GPTQ's C4 train);
-    the entropy rate is unknown (``None``).
-    """
-
-    def __init__(self, path: str, max_vocab: int) -> None:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-        cut = int(0.9 * len(lines))
-        self.lines = {"train": lines[:cut], "test": lines[cut:], "validation": lines[cut:], "calib": lines[:cut]}
-        self.words = text_vocabulary("\n".join(self.lines["train"]), max_vocab)
-        self._ids = {w: i for i, w in enumerate(self.words)}
-        self._unk = len(self.words)  # build_tokenizer puts <unk> right after the words
-        self.entropy_rate = None
-        self._train_ids = self.encode(" ".join(self.lines["train"]))
-
-    def encode(self, text: str) -> np.ndarray:
-        return np.array([self._ids.get(w, self._unk) for w in text.split()], dtype=np.int64)
-
-    def batches(self, seed: int):
-        """Windows at offsets from a seeded permutation of the training stream (epochs if needed)."""
-        ids = self._train_ids
-
-        def gen(steps: int, batch_size: int, seqlen: int) -> Iterator[np.ndarray]:
-            n_windows = len(ids) - seqlen
-            if n_windows < batch_size:
-                raise ValueError(f"text file too short for seqlen={seqlen}: {len(ids)} tokens")
-            rng = np.random.default_rng(np.random.SeedSequence([seed, 1]))
-            order = rng.permutation(n_windows)
-            pos = 0
-            for _ in range(steps):
-                if pos + batch_size > len(order):
-                    order, pos = rng.permutation(n_windows), 0
-                starts = order[pos : pos + batch_size]
-                pos += batch_size
-                yield np.stack([ids[s : s + seqlen] for s in starts])
-
-        return gen
-
-
-@lru_cache(maxsize=8)
-def _source(language: LanguageSpec, text_path: str | None, max_vocab: int):
-    if text_path is not None:
-        return TextSource(text_path, max_vocab)
-    return SyntheticSource(MarkovLanguage(language))
-
-
-def data_source(opts: ToyOptions) -> SyntheticSource | TextSource:
-    """The (cached) data source the options describe."""
-    return _source(opts.language, opts.text_path, opts.max_vocab)
 
 
 def entropy_rate(options: Mapping[str, Any] | None = None) -> float | None:
@@ -542,75 +279,3 @@ def _save_hf(model, tokenizer, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
-
-
-# ---------------------------------------------------------------------------- corpus
-def load_toy_corpus(
-    *, data_dir=None, split: str = "calib", source: str = "auto", path=None,
-    n_tokens: int | None = None, **options: Any,
-) -> TextCorpus:
-    """Held-out text of the toy language (or the held-out lines of ``text_path``).
-
-    The default split is ``calib``: fresh text that no evaluation reads, which is what a caller
-    that names no split gets, i.e. the calibrated methods (GPTQ, AWQ, imatrix: their rows record
-    ``calib_split=calib``). Evaluations name their split (``test`` in ``conf/eval/toy.yaml``).
-
-    Deterministic: documents are independent stationary samples from
-    ``SeedSequence([corpus_seed, split_key])``, a different stream from the training batches
-    (``SeedSequence([seed, 1, step])``). ``rows`` are ``row_tokens``-word lines in document
-    order, ``documents`` the ``doc_tokens``-word documents. ``options`` are the toy provider
-    options (so a sweep can pass its ``provider_options`` unchanged); ``data_dir``, ``source``
-    and ``path`` are accepted for the loader signature and unused (the text is generated).
-    """
-    del data_dir, path
-    if source not in ("auto", "local"):
-        raise ValueError(f"the toy corpus is generated locally; source must be 'auto' or 'local', got {source!r}")
-    split = _SPLIT_ALIASES.get(split, split)
-    if split not in _SPLIT_KEYS:
-        raise ValueError(f"unknown toy split {split!r}; allowed: {sorted(_SPLIT_KEYS) + sorted(_SPLIT_ALIASES)}")
-    opts = ToyOptions.from_mapping(options)
-    n_tokens = opts.corpus_tokens if n_tokens is None else int(n_tokens)
-    if n_tokens < 2:
-        raise ValueError(f"n_tokens must be >= 2; got {n_tokens}")
-    if opts.text_path is not None:
-        src = data_source(opts)
-        lines = [ln for ln in src.lines[split] if ln.strip()]
-        return TextCorpus(name="toy", rows=tuple(lines), documents=("\n".join(lines),),
-                          source=f"{opts.text_path} (held-out lines, split {split})")
-    lang_key = hashlib.sha256(json.dumps(opts.language.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
-    label = f"kscale.toy language {lang_key}, split {split}, corpus_seed {opts.corpus_seed}"
-    cached = _corpus_cache_path(opts, split, n_tokens)
-    try:
-        text = json.loads(cached.read_text())
-        return TextCorpus(name="toy", rows=tuple(text["rows"]), documents=tuple(text["documents"]), source=label)
-    except (OSError, ValueError, KeyError):  # not cached yet (or damaged): generate it
-        pass
-    src = data_source(opts)
-    docs = src.split_tokens(split, n_tokens, opts.doc_tokens, opts.corpus_seed)
-    words = src.words
-    rows: list[str] = []
-    documents: list[str] = []
-    for doc in docs:
-        doc_rows = [" ".join(words[i] for i in doc[j : j + opts.row_tokens]) for j in range(0, len(doc), opts.row_tokens)]
-        rows.extend(doc_rows)
-        documents.append("\n".join(doc_rows))
-    try:
-        write_text_atomic(cached, json.dumps({"rows": rows, "documents": documents}))
-    except OSError as err:  # a read-only cache still evaluates, it just regenerates next time
-        log.warning("could not cache the toy corpus at %s (%s)", cached, err)
-    return TextCorpus(name="toy", rows=tuple(rows), documents=tuple(documents), source=label)
-
-
-#: bump when the corpus generation changes: the cache key of every generated corpus includes it
-_CORPUS_FORMAT = 1
-
-
-def _corpus_cache_path(opts: ToyOptions, split: str, n_tokens: int) -> Path:
-    """Where the generated held-out text of these options is cached. Why cache text that is a
-    pure function of the options: generating it first builds the language (its transition
-    matrix, ~0.4 s), a fixed cost every toy job would otherwise pay again."""
-    spec = {"format": _CORPUS_FORMAT, "language": opts.language.to_dict(), "split": split,
-            "n_tokens": n_tokens, "doc_tokens": opts.doc_tokens, "row_tokens": opts.row_tokens,
-            "corpus_seed": opts.corpus_seed}
-    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
-    return default_cache_dir() / "toy" / "corpora" / f"{key}.json"

@@ -301,7 +301,10 @@ def test_corpus_and_entropy_rate_come_from_the_cache_without_building_the_langua
     def no_language(_opts):
         raise AssertionError("the language was built although the cache had the answer")
 
-    monkeypatch.setattr(toy_ladder, "data_source", no_language)
+    import kscale.toy.sources as toy_sources
+
+    monkeypatch.setattr(toy_ladder, "data_source", no_language)  # E
+    monkeypatch.setattr(toy_sources, "data_source", no_language)  # the corpus
     assert load_toy_corpus(**TINY, n_tokens=777, split="test") == fresh
     with pytest.raises(AssertionError, match="the language was built"):
         load_toy_corpus(**TINY, n_tokens=778, split="test")  # another request is not served from that file

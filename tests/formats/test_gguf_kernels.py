@@ -113,7 +113,10 @@ def test_torch_engine_gives_ggml_bytes_too(name, monkeypatch):
     w = torch.cat([matrix("zero_and_outlier", 256, rows=6, seed=6), matrix("student_t3", 256, rows=4, seed=7)])
     im = imatrix_for(256) if t.takes_imatrix else None
     monkeypatch.setattr(search, "ENGINE", "torch")
-    assert_bytes_equal(quantize_gguf(w, name), ggml_quantize(w, t.ggml_type), name, t.block_bytes)
+    ref = ggml_quantize(w, t.ggml_type)
+    assert_bytes_equal(quantize_gguf(w, name), ref, name, t.block_bytes)
+    values = dequantize_gguf(ref, name, w.shape[1])
+    assert torch.equal(values.view(torch.int32), gguf_values(ref, t.ggml_type, w.shape).view(torch.int32))
     if im is not None:
         assert_bytes_equal(quantize_gguf(w, name, im), ggml_quantize(w, t.ggml_type, im), name, t.block_bytes)
 

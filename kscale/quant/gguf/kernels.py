@@ -19,7 +19,7 @@ from . import iquants, kquants, kquants_low, legacy
 from .types import GGUF_TYPES, GGUFType
 
 #: rows are quantized in chunks of about this many values
-CHUNK_VALUES = 1 << 18
+CHUNK_VALUES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -88,9 +88,13 @@ def quantize_gguf(w: torch.Tensor, name: str, imatrix: torch.Tensor | None = Non
     w = _check_matrix(w, t)
     imatrix = _check_imatrix(imatrix, t, w)
     kernel = _kernel(t)
-    rows_per_chunk = max(1, CHUNK_VALUES // w.shape[1])
-    parts = [kernel.quantize(chunk, imatrix) for chunk in torch.split(w, rows_per_chunk)]
-    return torch.cat(parts) if len(parts) > 1 else parts[0]
+    rows, rows_per_chunk = w.shape[0], max(1, CHUNK_VALUES // w.shape[1])
+    if rows <= rows_per_chunk:
+        return kernel.quantize(w, imatrix)
+    out = torch.empty(rows, t.row_bytes(w.shape[1]), dtype=torch.uint8, device=w.device)
+    for start in range(0, rows, rows_per_chunk):
+        out[start:start + rows_per_chunk] = kernel.quantize(w[start:start + rows_per_chunk], imatrix)
+    return out
 
 
 def dequantize_gguf(data: torch.Tensor, name: str, n_per_row: int) -> torch.Tensor:

@@ -132,15 +132,14 @@ def _quantize_affine_k(w: torch.Tensor, imatrix: torch.Tensor | None, *, nmax: i
     """q4_k (nmax 15) and q5_k (31)."""
     rows = w.shape[0]
     x = w.reshape(-1, QK_K)
-    if imatrix is None and use_numba(x):  # the whole reference path fused (same bits, one pass)
-        d, dmin, scales12, L = _numba_search.q45k_ref(x.numpy(), nmax)
-        dh, dminh = fp16(torch.from_numpy(d))[1], fp16(torch.from_numpy(dmin))[1]
-        scales12, L = torch.from_numpy(scales12), torch.from_numpy(L).view(-1, 8, 32)
-    else:
-        ref_search = (-1.0, 0.1, 20) if nmax == 15 else (-0.5, 0.1, 15)
-        L, (d, dh), (dmin, dminh), ls, lm = _affine_scales(x, imatrix, nmax, ref_search)
-        L = _requantize_affine(x, L, d, dmin, ls, lm, nmax).to(torch.uint8).contiguous()  # [nsb, 8, 32]
-        scales12 = pack_scale_min_k4(ls, lm)
+    if imatrix is None and use_numba(x):  # the whole reference path fused (same bytes, one pass)
+        out = torch.empty(x.shape[0], 144 if nmax == 15 else 176, dtype=torch.uint8)
+        _numba_search.q45k_ref(x.numpy(), nmax, out.numpy())
+        return out.view(rows, -1)
+    ref_search = (-1.0, 0.1, 20) if nmax == 15 else (-0.5, 0.1, 15)
+    L, (d, dh), (dmin, dminh), ls, lm = _affine_scales(x, imatrix, nmax, ref_search)
+    L = _requantize_affine(x, L, d, dmin, ls, lm, nmax).to(torch.uint8).contiguous()  # [nsb, 8, 32]
+    scales12 = pack_scale_min_k4(ls, lm)
     pairs = L.view(-1, 4, 2, 32)
     qs = pack_nibbles(pairs[:, :, 0], pairs[:, :, 1]).reshape(-1, 128)
     parts = [fp16_bytes(dh), fp16_bytes(dminh), scales12]
@@ -178,6 +177,10 @@ def quantize_q6_k(w: torch.Tensor, imatrix: torch.Tensor | None) -> torch.Tensor
 def _dequantize_affine_k(data: torch.Tensor, *, nmax: int) -> torch.Tensor:
     block_bytes = 144 if nmax == 15 else 176
     b = data.reshape(-1, block_bytes)
+    if use_numba(b):
+        out = torch.empty(b.shape[0], QK_K)
+        _numba_search.dequantize_q45k(b.numpy(), nmax, out.numpy())
+        return out
     d, dmin = bytes_fp16(b[:, 0:2]), bytes_fp16(b[:, 2:4])
     sc, m = unpack_scale_min_k4(b[:, 4:16])
     qs = b[:, -128:].reshape(-1, 4, 1, 32)

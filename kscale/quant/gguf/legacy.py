@@ -105,11 +105,12 @@ quantize_q5_1 = functools.partial(_quantize_affine, nmax=31)
 
 def quantize_q8_0(w: torch.Tensor, imatrix: torch.Tensor | None) -> torch.Tensor:
     x = _blocks(w)
-    if use_numba(x):  # one fused pass, same bits
-        d, codes = (torch.from_numpy(a) for a in _numba_search.q8_0_ref(x.numpy()))
-    else:
-        d = x.abs().amax(dim=1) / 127
-        codes = round_away(x * _safe_inverse(d).unsqueeze(1)).to(torch.int8)
+    if use_numba(x):  # one fused pass, same bytes
+        out = torch.empty(x.shape[0], 34, dtype=torch.uint8)
+        _numba_search.q8_0_ref(x.numpy(), out.numpy())
+        return out.view(w.shape[0], -1)
+    d = x.abs().amax(dim=1) / 127
+    codes = round_away(x * _safe_inverse(d).unsqueeze(1)).to(torch.int8)
     return torch.cat([fp16_bytes(fp16(d)[1]), codes.view(torch.uint8)], dim=1).view(w.shape[0], -1)
 
 
@@ -149,5 +150,10 @@ def dequantize_q5_1(data: torch.Tensor) -> torch.Tensor:
 
 
 def dequantize_q8_0(data: torch.Tensor) -> torch.Tensor:
+    if use_numba(data):
+        blocks = data.reshape(-1, 34)
+        out = torch.empty(blocks.shape[0], 32)
+        _numba_search.dequantize_q8_0(blocks.numpy(), out.numpy())
+        return out
     d, qs = _split(data, 34, 2, 32)
     return qs.contiguous().view(torch.int8).to(torch.float32) * bytes_fp16(d)

@@ -20,8 +20,10 @@ ENGINE = "auto"
 
 
 def use_numba(x: torch.Tensor) -> bool:
-    """Whether the numba version of a search runs for ``x`` (bit-identical either way)."""
-    return ENGINE == "auto" and _numba_search.AVAILABLE and x.device.type == "cpu" and x.dtype == torch.float32
+    """Whether the numba version of a kernel runs for ``x`` (float32 values or uint8 blocks on the CPU;
+    bit-identical either way)."""
+    return (ENGINE == "auto" and _numba_search.AVAILABLE and x.device.type == "cpu"
+            and x.dtype in (torch.float32, torch.uint8))
 
 
 def signed_scale_search(x: torch.Tensor, nmax: int, weights: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -42,8 +42,9 @@ def best_ms(fn, repeats: int) -> float:
     return 1e3 * min(times)
 
 
-def paired_ms(w: torch.Tensor, spec: QuantSpec, repeats: int) -> tuple[float, float]:
-    """Best times of ``fake_quantize_`` and of the floor ``out.copy_(w)``, measured alternately
+def paired_ms(w: torch.Tensor, spec: QuantSpec, repeats: int) -> tuple[float, float, list[float]]:
+    """Median times of ``fake_quantize_`` and of the floor ``out.copy_(w)``, and the per-round
+    ratios (their median is the figure, min-max its spread), measured alternately
     (on a shared machine the load drifts by 2-5x within a minute, and a ratio of two timings taken
     seconds apart inherits it). Each quantization runs on a fresh copy of the original values
     (a table search on already quantized values would hit fewer table entries), with that copy
@@ -61,7 +62,8 @@ def paired_ms(w: torch.Tensor, spec: QuantSpec, repeats: int) -> tuple[float, fl
         t = time.perf_counter()
         out.copy_(w)
         fs.append(time.perf_counter() - t)
-    return 1e3 * min(ts[1:]), 1e3 * min(fs[1:])
+    ts, fs = ts[1:], fs[1:]
+    return 1e3 * statistics.median(ts), 1e3 * statistics.median(fs), [a / b for a, b in zip(ts, fs)]
 
 
 def bnb_nf4(w: torch.Tensor):
@@ -85,12 +87,15 @@ def run_case(name: str, spec: QuantSpec, w: torch.Tensor, buf: torch.Tensor, bnb
     fake_quantize_(buf, spec)  # first call: compiles the kernel unless this process has it
     compile_s = take_compile_seconds()
     assert torch.equal(buf, fake_quantize(w, spec, kernel="eager")), name  # bit-identical
-    ms, fl = paired_ms(w, spec, repeats)
+    ms, fl, per_round = paired_ms(w, spec, repeats)
+    ratio = statistics.median(per_round)
     target = 3 if spec.bits == 4 else 6
     speedup = f"{bnb / ms:>8.1f}" if bnb is not None else f"{'n/a':>8}"
-    ok = ms / fl <= target and (spec.bits != 4 or bnb is None or bnb / ms >= 8)
-    print(f"{name:<18}{ms:>9.1f}{fl:>10.1f}{ms / fl:>9.2f}{speedup}{compile_s:>11.1f}  <= {target}x floor"
-          f"{', >= 8x bnb' if spec.bits == 4 else ''}: {'ok' if ok else 'MISSED'}")
+    ok = ratio <= target and (spec.bits != 4 or bnb is None or bnb / ms >= 8)
+    print(f"{name:<18}{ms:>9.1f}{fl:>10.1f}{ratio:>9.2f} [{min(per_round):.2f}-{max(per_round):.2f}]{speedup}"
+          f"{compile_s:>11.1f}  <= {target}x floor{', >= 8x bnb' if spec.bits == 4 else ''}: "
+          f"{'ok' if ok else 'MISSED'} (median of {len(per_round)} alternating rounds; "
+          f"load {os.getloadavg()[0]:.1f})")
 
 
 def alternating_ratios(run, w: torch.Tensor, repeats: int) -> tuple[float, float, float, float]:

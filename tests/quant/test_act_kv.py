@@ -206,6 +206,24 @@ def test_off_is_bitwise_the_plain_model_and_hooks_are_removed():
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 
 
+def test_hooks_are_removed_when_the_evaluation_fails():
+    model = tiny("opt")
+    with pytest.raises(RuntimeError, match="eval broke"):
+        with runtime_quantization(model, RuntimePrecision(RuntimeQuantSpec(8, "token"),
+                                                          RuntimeQuantSpec(4, "head", kind="kv"))):
+            assert any(m._forward_hooks for m in model.modules())
+            raise RuntimeError("eval broke")
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+def test_kv_on_an_unknown_architecture_says_which_are_supported():
+    model = tiny("gpt2")
+    model.config.model_type = "mamba"
+    with pytest.raises(ValueError, match="supported model types: .*gpt2.*llama"):
+        with runtime_quantization(model, RuntimePrecision(kv=RuntimeQuantSpec(4, "head", kind="kv"))):
+            pass
+
+
 def test_kv_bits_per_token_counts_payload_and_constants():
     llama = ARCHS["llama"][0]  # 2 layers, 2 KV heads of 8
     assert kv_bits_per_token(llama, RuntimeQuantSpec(kind="kv")) == 2 * 2 * 2 * 8 * 16

@@ -3,8 +3,9 @@
 Quantize every size of a model family to k bits, count every stored bit, evaluate,
 and fit scaling laws over total model bits (Dettmers & Zettlemoyer 2022).
 
-The top-level names are imported lazily (PEP 562), so ``import kscale`` is cheap and
-``kscale.fit`` works in a notebook without pulling in torch and transformers::
+The top-level names are imported lazily (PEP 562), so ``import kscale`` is cheap: a name's
+module is imported on first use (``kscale.load_results`` without torch; ``kscale.fit_law``
+imports torch, which its fits run on, but not transformers)::
 
     from kscale import QuantSpec, quantize_model, load_results, fit_law
 """
@@ -17,7 +18,7 @@ __version__ = "0.1.0"
 
 _SUBMODULES = {
     "quant", "models", "data", "evaluate", "toy", "sweep", "results", "tracking",
-    "fit", "pareto", "plots", "report", "config", "registry", "paths",
+    "fit", "pareto", "plots", "report", "config", "registry", "paths", "net",
 }
 
 # public name -> module that defines it

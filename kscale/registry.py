@@ -9,6 +9,7 @@ should cost seconds, not a cluster allocation.
 from __future__ import annotations
 
 import difflib
+import importlib
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
@@ -89,3 +90,39 @@ class Registry(Generic[T]):
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, {self.names()})"
+
+
+#: Packages that register extra names (the ``toy`` family, its checkpoint provider and its
+#: corpus) when imported. They sit above the registries they fill (``kscale.toy`` imports
+#: ``kscale.models`` and ``kscale.data``), so they are imported by name, on the first lookup of a
+#: name that is not registered yet: the one plug-in mechanism of kscale, with no import circle.
+PLUGIN_MODULES: tuple[str, ...] = ("kscale.toy",)
+
+
+def import_plugins() -> None:
+    """Import :data:`PLUGIN_MODULES`; a plugin that is absent is skipped, any other error raises."""
+    for module in PLUGIN_MODULES:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:  # only "the plugin itself is not there" is tolerated
+            if exc.name != module:
+                raise
+
+
+class PluginRegistry(Registry[T]):
+    """A :class:`Registry` that imports :data:`PLUGIN_MODULES` before reporting a name missing
+    (or listing its names), so plug-in names resolve without their package being imported first."""
+
+    def get(self, name: str) -> T:
+        if name not in self._items:
+            import_plugins()
+        return super().get(name)
+
+    def names(self) -> list[str]:
+        import_plugins()
+        return super().names()
+
+    def __contains__(self, name: object) -> bool:
+        if name not in self._items:
+            import_plugins()
+        return name in self._items

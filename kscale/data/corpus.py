@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from kscale.net import hub_unavailable_reason
-from kscale.registry import Registry
+from kscale.registry import PluginRegistry, Registry
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class TextCorpus:
 
 
 # loader(*, data_dir, split="test", source="auto", path=None, **options) -> TextCorpus
-CORPORA: Registry[Callable[..., TextCorpus]] = Registry("corpus")
+CORPORA: PluginRegistry[Callable[..., TextCorpus]] = PluginRegistry("corpus")
 
 
 def check_source(source: str) -> str:
@@ -140,7 +140,6 @@ def check_available(name: str, data_dir: Path | str | None = None, source: str =
     settings. Reads nothing but file metadata (and, only when the local file is missing and the
     hub would be needed, makes one 3 s reachability probe), so it suits config-time validation."""
     check_source(source)
-    _ensure_plugins(name)
     CORPORA.get(name)  # unknown -> did-you-mean error
     if name not in CORPUS_FILES:
         return  # generated, not read (toy)
@@ -313,18 +312,6 @@ def load_text(*, data_dir=None, split: str = "test", source: str = "local", path
     return TextCorpus(name, tuple(rows), tuple(docs), str(file))
 
 
-def _ensure_plugins(name: str) -> None:
-    """Import optional packages that register corpora (``kscale.toy``) when ``name`` is missing."""
-    if name in CORPORA:
-        return
-    try:
-        import kscale.toy  # noqa: F401  (registers the "toy" corpus)
-    except ImportError as exc:
-        if exc.name not in ("kscale.toy",):
-            raise
-
-
 def load_corpus(name: str, **kw: Any) -> TextCorpus:
     """``CORPORA.get(name)(**kw)``; unknown names raise with a did-you-mean suggestion."""
-    _ensure_plugins(name)
     return CORPORA.get(name)(**kw)

@@ -13,26 +13,18 @@ GPTQ's ``find_layers`` over ``model.decoder.layers``.
 """
 from __future__ import annotations
 
-import importlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 from kscale.quant.filter import ModuleFilter
-from kscale.registry import Registry
-
-T = TypeVar("T")
+from kscale.registry import PLUGIN_MODULES, PluginRegistry, Registry, import_plugins  # noqa: F401 (re-exported)
 
 #: Revision names of the form ``step<N>`` (Pythia's hub branches): N optimizer steps.
 STEP_REVISION = re.compile(r"step(\d+)")
-
-# Packages that register extra families/providers/corpora when imported. They are imported
-# lazily, on the first lookup of a name that is not registered yet, so that importing
-# kscale.models stays cheap and a missing optional package is not an error.
-PLUGIN_MODULES: tuple[str, ...] = ("kscale.toy",)
 
 
 @dataclass(frozen=True)
@@ -113,38 +105,6 @@ class CheckpointProvider(Protocol):
     def ensure(self, sizes: Sequence[str], options: Mapping[str, Any],
                revisions: Sequence[str | None] | None = None) -> dict[str, Path]:
         """Build whatever is missing (``revisions`` of every size too) and return ``size -> final dir``."""
-
-
-def import_plugins() -> None:
-    """Import :data:`PLUGIN_MODULES`; a plugin that is absent is skipped, any other error raises."""
-    for module in PLUGIN_MODULES:
-        try:
-            importlib.import_module(module)
-        except ImportError as exc:  # only "the plugin itself is not there" is tolerated
-            if exc.name != module:
-                raise
-
-
-class PluginRegistry(Registry[T]):
-    """A :class:`Registry` that imports :data:`PLUGIN_MODULES` before reporting a name missing.
-
-    Registries fill only when their defining module is imported; the toy family lives in
-    ``kscale.toy``, which imports this module, so it cannot be imported eagerly from here.
-    """
-
-    def get(self, name: str) -> T:
-        if name not in self._items:
-            import_plugins()
-        return super().get(name)
-
-    def names(self) -> list[str]:
-        import_plugins()
-        return super().names()
-
-    def __contains__(self, name: object) -> bool:
-        if name not in self._items:
-            import_plugins()
-        return name in self._items
 
 
 FAMILIES: Registry[ModelFamily] = PluginRegistry("model family")

@@ -18,7 +18,7 @@ also the config option and the value written in result rows:
   model now costs; whatever the method stores beyond the k-bit codes (a 16-bit per-channel
   vector, kept outlier columns) must be in that ledger.
 
-Adding a method is one module plus one YAML (``conf/method/<name>.yaml``); see ``awq.py``.
+Adding a method is one module plus one YAML (``conf/method_options/<name>.yaml``); see ``awq.py``.
 """
 from __future__ import annotations
 

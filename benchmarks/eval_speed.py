@@ -3,13 +3,18 @@
 Sections (``--sections``, default all):
 
 * ``gptq``: the gptq protocol vs a plain ``for window: model(x, labels=x)`` loop. Target >= 0.95x.
-* ``reference``: the 16-bit reference pass (``set_reference``: stores fp16 log-probs for KL and
-  the argmax for top-1, and evaluates everything) vs a later ``run`` with KL on. Target < 1.3x.
+* ``reference``: the 16-bit reference pass (``set_reference``: stores the top-k log-probs, NLL and
+  argmax per token, and evaluates everything) vs a later ``run`` with KL on. Target < 1.3x.
 * ``zeroshot``: kscale's batched ``loglikelihood`` vs lm-evaluation-harness's ``HFLM.loglikelihood``
   on the same requests (LAMBADA/PIQA/HellaSwag items from the shared data) and the same model
   (saved with ``save_pretrained``, loaded by HFLM from disk), at lm-eval ``batch_size=1`` and at
   its best of a few batch sizes. Targets: >= 1.5x and >= 1.0x.
-* ``rolling``: the same for ``loglikelihood_rolling`` on WikiText-2 documents.
+* ``rolling``: the same for ``loglikelihood_rolling`` on WikiText-2 documents (targets >= 1.5x
+  and >= 1.05x), and both against the bare forward passes over the same windows.
+
+Every section alternates its commands over ``--repeats`` (default 5) repeats and prints the
+median of the per-repeat ratios with their min-max spread and the load average
+(``benchmarks/timing.py``).
 
 The model is a random-init OPT-shaped model (OPT vocabulary, 50272 entries; ``--layers``,
 ``--hidden``; the defaults are a 2-layer OPT-125m-width model so the run takes minutes on CPU).
@@ -26,15 +31,7 @@ import tempfile
 import time
 
 import torch
-
-
-def best_of(fn, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
+from timing import DEFAULT_REPEATS, alternate, fmt, load, ratios, verdict
 
 
 def matmul_flops(n: int = 1024, reps: int = 5) -> float:
@@ -73,17 +70,13 @@ def section_gptq(model, tok, args) -> None:
                 x = torch.as_tensor(w.ids[None], dtype=torch.long)
                 model(x, labels=x)
 
-    plain()  # warm-up
-    # alternate and keep the best of each, so load from other processes hurts both alike
-    plain_s, ours_s = float("inf"), float("inf")
-    for _ in range(args.repeats):
-        plain_s = min(plain_s, best_of(plain, 1))
-        ours_s = min(ours_s, best_of(lambda: suite.run(model, progress=False), 1))
+    t = alternate({"plain": plain, "ours": lambda: suite.run(model, progress=False)}, args.repeats)
+    speed = ratios(t["plain"], t["ours"])  # throughput ratio = time ratio inverted
     peak = matmul_flops()
-    ours_tps, plain_tps = ntok / ours_s, ntok / plain_s
+    ours_tps = ntok / min(t["ours"])
     print(f"[gptq] {len(windows)} windows x {args.seqlen} tokens; {n_params / 1e6:.1f}M params")
-    print(f"[gptq] plain loop {plain_tps:8.1f} tok/s; gptq protocol {ours_tps:8.1f} tok/s "
-          f"= {ours_tps / plain_tps:.2f}x plain (target >= 0.95x)")
+    print(f"[gptq] gptq protocol = {fmt(speed)} the plain loop's tokens/s (target >= 0.95x: "
+          f"{verdict(speed, 0.95)}; {load()})")
     print(f"[gptq] matmul rate {peak / 1e9:.1f} GFLOP/s; achieved {2 * n_params * ours_tps / 1e9:.1f} GFLOP/s "
           f"= {2 * n_params * ours_tps / peak:.0%}")
 
@@ -99,15 +92,13 @@ def section_reference(model, tok, args) -> None:
     plain = EvalSuite([PerplexitySpec("wikitext2", "gptq", seqlen=args.seqlen,
                                       max_tokens=args.seqlen * args.windows, kl=False)],
                       tok, seqlen_default=args.seqlen, cache_dir=default_cache_dir(), batch_size=args.batch_size)
-    suite.set_reference(model, progress=False)  # warm-up
-    ref_s, run_s, plain_s = float("inf"), float("inf"), float("inf")
-    for _ in range(args.repeats):  # interleaved, best of each
-        ref_s = min(ref_s, best_of(lambda: suite.set_reference(model, progress=False), 1))
-        run_s = min(run_s, best_of(lambda: suite.run(model, progress=False), 1))
-        plain_s = min(plain_s, best_of(lambda: plain.run(model, progress=False), 1))
+    t = alternate({"ref": lambda: suite.set_reference(model, progress=False),
+                   "run": lambda: suite.run(model, progress=False),
+                   "plain": lambda: plain.run(model, progress=False)}, args.repeats)
+    on, off = ratios(t["ref"], t["run"]), ratios(t["ref"], t["plain"])
     print(f"[reference] {suite.last_tokens} tokens, KL on all (top-{args.kl_top_k} reference), vocab "
-          f"{model.config.vocab_size}: reference / run(kl on) = {ref_s / run_s:.2f}x (target < 1.3x); "
-          f"reference / run(kl off) = {ref_s / plain_s:.2f}x")
+          f"{model.config.vocab_size}: reference / run(kl on) = {fmt(on)} (target < 1.3x: "
+          f"{verdict(on, 1.3, higher_is_better=False)}); reference / run(kl off) = {fmt(off)}; {load()}")
 
 
 def _zeroshot_requests(tok, n_lambada, n_piqa, n_hellaswag):
@@ -129,15 +120,21 @@ def _hflm(path, batch_size):
                 add_bos_token=False)
 
 
-def _compare(name, ours_s, ours_vals, lm_times, lm_vals, n_tokens) -> None:
+def _compare(name, times, ours_vals, lm_vals, n_tokens, targets) -> None:
+    """``times``: per-repeat seconds of ``ours`` and of lm-eval at each batch size (``lm<bs>``),
+    all from one :func:`alternate` run; lm-eval's best batch size is the one of least median time."""
+    import statistics
+
     delta = max(abs(a - b) for a, b in zip(ours_vals, lm_vals))
-    one = lm_times[1]
-    best_bs, best = min(lm_times.items(), key=lambda kv: kv[1])
+    lm = {int(k[2:]): v for k, v in times.items() if k.startswith("lm")}
+    best_bs = min(lm, key=lambda bs: statistics.median(lm[bs]))
+    one, best = ratios(lm[1], times["ours"]), ratios(lm[best_bs], times["ours"])
     print(f"[{name}] {n_tokens} tokens; max |delta loglik| vs lm-eval = {delta:.2e}")
-    print(f"[{name}] lm-eval s by batch size: " + ", ".join(f"{k}: {v:.2f}" for k, v in lm_times.items())
-          + f"; kscale (auto) {ours_s:.2f}")
-    print(f"[{name}] kscale throughput = {one / ours_s:.2f}x lm-eval batch_size=1 (target >= 1.5x), "
-          f"{best / ours_s:.2f}x lm-eval at its best batch_size={best_bs} (target >= 1.0x)")
+    print(f"[{name}] median s: kscale (auto) {statistics.median(times['ours']):.2f}; lm-eval by batch size: "
+          + ", ".join(f"{k}: {statistics.median(v):.2f}" for k, v in lm.items()))
+    print(f"[{name}] kscale throughput = {fmt(one)} lm-eval batch_size=1 (target >= {targets[0]}x: "
+          f"{verdict(one, targets[0])}), {fmt(best)} lm-eval at its best batch_size={best_bs} "
+          f"(target >= {targets[1]}x: {verdict(best, targets[1])}); {load()}")
 
 
 def section_zeroshot(model, tok, path, args) -> None:
@@ -153,15 +150,12 @@ def section_zeroshot(model, tok, path, args) -> None:
     stats = ForwardStats()
     ours_vals = [r[0] for r in loglikelihood(model, encoded, max_length=args.context, batch_size="auto",
                                              stats=stats)]
-    ours_s = best_of(lambda: loglikelihood(model, encoded, max_length=args.context, batch_size="auto"),
-                     args.repeats)
-    lm_times, lm_vals = {}, None
-    for bs in args.lm_batch_sizes:
-        lm = _hflm(path, bs)
-        vals = [r[0] for r in lm.loglikelihood(reqs, disable_tqdm=True)]
-        lm_vals = lm_vals or vals
-        lm_times[bs] = best_of(lambda: lm.loglikelihood(reqs, disable_tqdm=True), args.repeats)
-    _compare("zeroshot", ours_s, ours_vals, lm_times, lm_vals, stats.tokens)
+    commands = {"ours": lambda: loglikelihood(model, encoded, max_length=args.context, batch_size="auto")}
+    lms = {bs: _hflm(path, bs) for bs in args.lm_batch_sizes}
+    lm_vals = [r[0] for r in lms[1].loglikelihood(reqs, disable_tqdm=True)]
+    for bs, lm in lms.items():
+        commands[f"lm{bs}"] = lambda lm=lm: lm.loglikelihood(reqs, disable_tqdm=True)
+    _compare("zeroshot", alternate(commands, args.repeats), ours_vals, lm_vals, stats.tokens, (1.5, 1.0))
 
 
 def section_rolling(model, tok, path, args) -> None:
@@ -178,20 +172,20 @@ def section_rolling(model, tok, path, args) -> None:
     kw = dict(max_length=args.context, prefix_token=prefix_token_id(tok), batch_size="auto")
     stats = ForwardStats()
     ours_vals = loglikelihood_rolling(model, ids, stats=stats, **kw)
-    ours_s = best_of(lambda: loglikelihood_rolling(model, ids, **kw), args.repeats)
-    lm_times, lm_vals = {}, None
-    for bs in args.lm_batch_sizes:
-        lm = _hflm(path, bs)
-        vals = lm.loglikelihood_rolling(reqs, disable_tqdm=True)
-        lm_vals = lm_vals or vals
-        lm_times[bs] = best_of(lambda: lm.loglikelihood_rolling(reqs, disable_tqdm=True), args.repeats)
-    _compare("rolling", ours_s, ours_vals, lm_times, lm_vals, stats.tokens)
+    lms = {bs: _hflm(path, bs) for bs in args.lm_batch_sizes}
+    lm_vals = lms[1].loglikelihood_rolling(reqs, disable_tqdm=True)
     # the floor: the model's own forward passes over the same windows, nothing scored. Every
     # position of a rolling window is a target, so no scorer can skip any of this work
-    floor = best_of(lambda: _forward_only(model, ids, args.context, kw["prefix_token"]), args.repeats)
-    print(f"[rolling] forward passes alone (the floor): {floor:.2f} s; kscale = {ours_s / floor:.2f}x it, "
-          f"lm-eval batch_size=1 = {lm_times[1] / floor:.2f}x it (so no scorer can reach "
-          f"{lm_times[1] / floor:.2f}x lm-eval's throughput at batch_size=1)")
+    commands = {"ours": lambda: loglikelihood_rolling(model, ids, **kw),
+                "floor": lambda: _forward_only(model, ids, args.context, kw["prefix_token"])}
+    for bs, lm in lms.items():
+        commands[f"lm{bs}"] = lambda lm=lm: lm.loglikelihood_rolling(reqs, disable_tqdm=True)
+    times = alternate(commands, args.repeats)
+    _compare("rolling", {k: v for k, v in times.items() if k != "floor"}, ours_vals, lm_vals, stats.tokens,
+             (1.5, 1.05))
+    print(f"[rolling] against the forward passes alone (the floor): kscale = {fmt(ratios(times['ours'], times['floor']))}"
+          f" it, lm-eval batch_size=1 = {fmt(ratios(times['lm1'], times['floor']))} it (no scorer can beat "
+          f"lm-eval at batch_size=1 by more than its own ratio)")
 
 
 def _forward_only(model, ids, context: int, prefix_token: int) -> None:
@@ -224,7 +218,8 @@ def main() -> None:
     ap.add_argument("--hellaswag", type=int, default=6)
     ap.add_argument("--docs", type=int, default=2, help="WikiText-2 documents for the rolling section")
     ap.add_argument("--lm-batch-sizes", default="1,4,16", help="lm-eval batch sizes to try (must include 1)")
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=DEFAULT_REPEATS,
+                    help="alternating repeats; figures are medians of per-repeat ratios (default %(default)s)")
     args = ap.parse_args()
     args.lm_batch_sizes = [int(b) for b in args.lm_batch_sizes.split(",")]
     if 1 not in args.lm_batch_sizes:

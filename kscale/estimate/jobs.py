@@ -135,7 +135,7 @@ def estimate_job(plan: Any, spec: Any, device: DeviceProfile, *, rate: float | N
         from kscale.estimate.tokens import ZEROSHOT_SAMPLE_ITEMS
 
         notes.append(f"zero-shot tokens of {', '.join(toks.sampled)} scaled up from a seeded "
-                     f"{ZEROSHOT_SAMPLE_ITEMS}-item sample (~1 %)")
+                     f"{ZEROSHOT_SAMPLE_ITEMS}-item sample by characters (~1 %)")
     calib = [calibration_tokens(c, family.seqlen) for c in todo_cells]
     calib_per_cell = max(calib) if calib else 0
     # forward passes: the 16-bit reference (= the baseline's evaluation) once, if anything runs,

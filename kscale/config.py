@@ -115,6 +115,12 @@ def _check_axis_values(c: Mapping[str, Any]) -> None:
         "scale_bits": lambda v: QuantSpec(bits=4, scale_bits=v),
         "outlier_frac": lambda v: QuantSpec(bits=4, outlier_frac=v),
     }
+    from kscale.quant.runtime import RuntimeQuantSpec
+
+    for kind in ("act", "kv"):  # activation / KV-cache precision (issue 20 §1)
+        probes[f"{kind}_bits"] = lambda v, k=kind: RuntimeQuantSpec(bits=v, kind=k)
+        probes[f"{kind}_granularity"] = lambda v, k=kind: RuntimeQuantSpec(8, v, kind=k)
+        probes[f"{kind}_dtype"] = lambda v, k=kind: RuntimeQuantSpec(8, dtype=v, kind=k)
     for axis in QUANT_AXES:
         if axis not in c:
             continue

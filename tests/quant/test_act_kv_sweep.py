@@ -94,3 +94,21 @@ def test_add_delta_baseline_is_the_row_with_16_bit_activations_and_kv():
         dict(family="toy", size="a", method="rtn", bits=4, act_bits=8, kv_bits=4, nll=2.25, status="ok"),
     ])
     assert list(add_delta(df, "nll")["delta_nll"]) == [0.0, 0.5, 1.25]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("act_bits=12", "invalid override act_bits=12: act_bits must be an integer in 2..8, or 16"),
+    ("kv_granularity=channel", "invalid override kv_granularity=channel: .*token, head or block<B>"),
+    ("act_granularity=head", "invalid override act_granularity=head"),
+    ("kv_dtype=quantile", "invalid override kv_dtype=quantile: .*mixes tokens"),
+])
+def test_bad_runtime_override_is_rejected_naming_it(override, message):
+    from hydra import compose, initialize_config_dir
+
+    from kscale.config import ConfigError, build_plan
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        cfg = compose("sweep", overrides=["model=toy", "model.sizes=[L1-d8]", "bits=4", override],
+                      return_hydra_config=True)
+    with pytest.raises(ConfigError, match=message):
+        build_plan(cfg)

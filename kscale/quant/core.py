@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kscale.quant import _fast
+from kscale.quant import _fast, reference
 from kscale.quant.dtypes import DTYPES, quantile_codebook
 from kscale.quant.spec import QuantSpec
 
@@ -111,14 +111,14 @@ def block_constants(
         scale = (max-min)/2. A value x is normalised as (x - offset) / scale (see
         :func:`normalize_blocks`) and dequantized as code * scale + offset.
     """
-    return _fast.constants(x_blocks.float(), spec.centered, spec.scale_bits)
+    return reference.constants(x_blocks.float(), spec.centered, spec.scale_bits)
 
 
 def normalize_blocks(
     x_blocks: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor | None
 ) -> torch.Tensor:
     """(x - offset) / scale in float32; blocks whose stored scale is 0 normalise to 0."""
-    return _fast.normalize(x_blocks.float(), scale, offset)
+    return reference.normalize(x_blocks.float(), scale, offset)
 
 
 def nearest_code(
@@ -138,8 +138,8 @@ def nearest_code(
         ``(indices, values)``: int64 indices into ``code`` and the code values, shape of the input.
     """
     code = code.to(device=x_normalized.device, dtype=torch.float32)
-    mids = _fast.midpoints(code)
-    idx = _fast.bucket_index(x_normalized.float(), mids)
+    mids = reference.midpoints(code)
+    idx = reference.bucket_index(x_normalized.float(), mids)
     return idx, code[idx]
 
 

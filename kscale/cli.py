@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from kscale.registry import did_you_mean
+
 _COMMANDS = {
     "report": ("kscale.report", "regenerate figures and summary.md from a study's results table"),
     "toy": ("kscale.toy.__main__", "train the toy ladder / print its language's entropy rate"),
@@ -26,8 +28,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
     if command not in _COMMANDS:
-        from kscale.registry import did_you_mean
-
         print(f"kscale: unknown command {command!r}.{did_you_mean(command, list(_COMMANDS))} "
               f"Available: {', '.join(_COMMANDS)}", file=sys.stderr)
         return 2

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from kscale.net import unreachable_reason
+from kscale.results import load_results
 
 log = logging.getLogger(__name__)
 
@@ -272,8 +273,6 @@ def log_study(spec: TrackingSpec, study_dir: str | Path, *, report: Any = None) 
     if spec.mode == "disabled":
         return
     import wandb
-
-    from kscale.results import load_results
 
     study_dir = Path(study_dir)
     df = load_results(study_dir)

@@ -240,15 +240,23 @@ class KscaleSweeper(Sweeper):
         report = bool(self.config.get("report", True))
         ran = {str(plan.study_dir) for _, plan, _ in jobs}
         for key, plan in plans.items():
-            # a command that ran nothing leaves an exported study as it was (committed results
-            # stay byte-identical; `python -m kscale.report <study>` redraws on demand)
-            write = key in ran or not (plan.study_dir / "table.parquet").exists()
+            # a command that ran nothing leaves an up-to-date study as it was (committed results
+            # stay byte-identical; `python -m kscale.report <study>` redraws on demand); rows
+            # written since the table (jobs that outlived an earlier command) are exported
+            write = key in ran or not _exported(plan.study_dir)
             summary = finish_study(plan.study_dir, report=report and first_failure is None,
                                    write=write, tracking=plan.tracking)
             print(summary.text(), flush=True)  # noqa: T201 - the CLI's final output
         if first_failure is not None:
             raise first_failure
         return returns
+
+
+def _exported(study_dir: Any) -> bool:
+    """``table.parquet`` exists and is no older than every rows file."""
+    table = study_dir / "table.parquet"
+    rows = list((study_dir / "rows").glob("*.jsonl"))
+    return table.exists() and all(r.stat().st_mtime <= table.stat().st_mtime for r in rows)
 
 
 def _preflight(plans: Any, config: Optional[DictConfig]) -> None:

@@ -16,6 +16,8 @@ Sources: ``source="local"`` reads the files under ``data_dir`` (formats in
 """
 from __future__ import annotations
 
+import gzip
+import json
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from kscale.net import hub_unavailable_reason
+from kscale.paths import default_data_dir
 from kscale.registry import PluginRegistry, Registry
 
 log = logging.getLogger(__name__)
@@ -104,8 +107,6 @@ def load_hub_rows(name: str, path: str, config: str | None, split: str, field: s
 
 def resolve_local(name: str, data_dir: Path | str | None, relative: str, path: str | os.PathLike | None) -> Path:
     """The local file for ``name``: an explicit ``path`` or ``data_dir/relative``."""
-    from kscale.paths import default_data_dir
-
     candidate = Path(path).expanduser() if path else Path(data_dir or default_data_dir()) / relative
     return candidate
 
@@ -268,9 +269,6 @@ def load_c4(*, data_dir=None, split: str = "validation", source: str = "auto", p
         return load_text(data_dir=data_dir, source="local", path=path, name="c4")
     local = _local_of("c4", data_dir, "validation", None)
     if _choose("c4", source, local, hub_ok=True) == "local":
-        import gzip
-        import json
-
         rows = []
         with gzip.open(local, "rt", encoding="utf-8") as fh:
             for line in fh:
@@ -302,8 +300,6 @@ def load_text(*, data_dir=None, split: str = "test", source: str = "local", path
     if not file.exists():
         raise DataError(f"corpus {name!r}: file not found at {file}")
     if file.suffix == ".jsonl":
-        import json
-
         rows = [json.loads(line)["text"] for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
         return TextCorpus(name, tuple(rows), tuple(rows), str(file))
     text = file.read_text(encoding="utf-8")

@@ -21,6 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+from huggingface_hub import try_to_load_from_cache
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
 from kscale.models.family import PROVIDERS, STEP_REVISION, ModelFamily, get_family
 from kscale.net import hub_unavailable_reason
 from kscale.registry import UnknownNameError, did_you_mean
@@ -81,10 +85,6 @@ class LoadedModel:
 
 
 def _in_hf_cache(repo_id: str, revision: str | None) -> bool:
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:  # pragma: no cover - huggingface_hub ships with transformers
-        return False
     found = try_to_load_from_cache(repo_id, "config.json", revision=revision)
     return isinstance(found, str)
 
@@ -249,9 +249,42 @@ def resolve_models(
         raise ModelConfigError(str(exc)) from None
     if dtype not in DTYPES:
         raise ModelConfigError(f"model dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
-    table = dict(fam.sizes)
-    table.update(checkpoints or {})
+    table = {**fam.sizes, **(checkpoints or {})}
     local_paths = {str(k): v for k, v in (local_paths or {}).items()}
+    selected = _select_sizes(fam, sizes, table, local_paths, local_dir)
+    provider = PROVIDERS.get(fam.provider) if fam.provider else None
+    options = dict(provider_options or {})
+    revs = _revision_list(revision, revisions, fam.name)
+    explicit = _explicit_tokens(revision_tokens)
+    try:
+        for rev in revs:
+            _check_revision(fam, rev, explicit, provider, options)
+    except ValueError as exc:  # a provider's own option errors
+        raise ModelConfigError(str(exc)) from None
+    specs: list[ModelSpec] = []
+    for size in selected:
+        checkpoint = table.get(size, size)
+        for rev in revs:
+            # one checkpoint layout per (size, revision): the user's folder, a provider's, or the hub
+            local = _local_for(fam, size, rev, checkpoint, local_dir, local_paths)
+            user_local = local is not None
+            if local is None and provider is not None:
+                local = Path(provider.locate(size, options) if rev is None else provider.locate(size, options, rev))
+            elif local is None and check_hub:
+                _check_hub_checkpoint(fam, size, checkpoint, rev)
+            specs.append(ModelSpec(
+                family=fam.name, size=size, checkpoint=checkpoint,
+                local_path=str(local) if local is not None else None, dtype=dtype, device=device,
+                device_map=device_map, trust_remote_code=trust_remote_code, revision=rev,
+                n_tokens=_n_tokens(fam, size, rev, explicit, None if user_local else provider, options),
+            ))
+    return specs
+
+
+def _select_sizes(fam: ModelFamily, sizes: Sequence[str] | str | None, table: Mapping[str, str],
+                  local_paths: Mapping[str, Any], local_dir: Any) -> list[str]:
+    """The size labels to run, validated: unique, known to the family (an open family such as
+    ``llama`` accepts any label whose checkpoint is given locally)."""
     if sizes is None and local_paths and local_dir is None:
         # a checkpoint named for some sizes is a choice of sizes: the others are not fetched
         # from the hub behind the user's back (model.sizes=all asks for every size)
@@ -267,63 +300,54 @@ def resolve_models(
     dupes = sorted({s for s in selected if selected.count(s) > 1})
     if dupes:
         raise ModelConfigError(f"family {fam.name!r}: sizes must be unique; {dupes} repeated in {selected}")
-
     for s in local_paths:
         if s not in table and not fam.open_sizes:
             raise ModelConfigError(
                 f"local_paths names size {s!r}, which family {fam.name!r} does not have."
                 f"{did_you_mean(s, list(table))} Available: {', '.join(table)}"
             )
-
-    provider = PROVIDERS.get(fam.provider) if fam.provider else None
-    revs = _revision_list(revision, revisions, fam.name)
-    explicit: dict[str, int] = {}
-    for name, tokens in (revision_tokens or {}).items():
-        if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
-            raise ModelConfigError(f"revision_tokens.{name} must be an integer >= 0 (training tokens); got {tokens!r}")
-        explicit[str(name)] = tokens
-    try:
-        for rev in revs:
-            _check_revision(fam, rev, explicit, provider, dict(provider_options or {}))
-    except ValueError as exc:  # a provider's own option errors
-        raise ModelConfigError(str(exc)) from None
-    specs: list[ModelSpec] = []
     for size in selected:
-        known = size in table
-        if not known and not (fam.open_sizes and (size in local_paths or local_dir is not None)):
+        if size not in table and not (fam.open_sizes and (size in local_paths or local_dir is not None)):
             raise ModelConfigError(
                 f"unknown size {size!r} for family {fam.name!r}.{did_you_mean(size, list(table))} "
                 f"Available: {', '.join(table)}"
                 + (" (or give its checkpoint via checkpoints=/local_paths=)" if fam.open_sizes else "")
             )
-        checkpoint = table.get(size, size)
-        for rev in revs:
-            local = _local_for(fam, size, rev, checkpoint, local_dir, local_paths)
-            user_local = local is not None
-            if local is None and provider is not None:
-                opts = dict(provider_options or {})
-                local = Path(provider.locate(size, opts) if rev is None else provider.locate(size, opts, rev))
-            elif local is None and check_hub and not _in_hf_cache(checkpoint, rev):
-                why = hub_unavailable_reason()
-                if why:
-                    at = f" at revision {rev!r}" if rev is not None else ""
-                    raise ModelConfigError(
-                        f"family {fam.name!r} size {size!r} needs hub id {checkpoint!r}{at}, but {why} and it "
-                        "is not in the local Hugging Face cache; set model.local_dir or model.local_paths, or go online"
-                    )
-            if rev in explicit:
-                n_tokens = explicit[rev]
-            elif provider is not None and hasattr(provider, "n_tokens") and not user_local:
-                n_tokens = provider.n_tokens(size, dict(provider_options or {}), rev)
-            else:
-                n_tokens = fam.revision_tokens(rev)
-            specs.append(ModelSpec(
-                family=fam.name, size=size, checkpoint=checkpoint,
-                local_path=str(local) if local is not None else None, dtype=dtype, device=device,
-                device_map=device_map, trust_remote_code=trust_remote_code, revision=rev,
-                n_tokens=n_tokens,
-            ))
-    return specs
+    return selected
+
+
+def _explicit_tokens(revision_tokens: Mapping[str, int] | None) -> dict[str, int]:
+    """``revision_tokens`` validated: revision name -> training tokens (an integer >= 0)."""
+    explicit: dict[str, int] = {}
+    for name, tokens in (revision_tokens or {}).items():
+        if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
+            raise ModelConfigError(f"revision_tokens.{name} must be an integer >= 0 (training tokens); got {tokens!r}")
+        explicit[str(name)] = tokens
+    return explicit
+
+
+def _check_hub_checkpoint(fam: ModelFamily, size: str, checkpoint: str, rev: str | None) -> None:
+    """A hub checkpoint must be in the local Hugging Face cache or the hub must be usable."""
+    if _in_hf_cache(checkpoint, rev):
+        return
+    why = hub_unavailable_reason()
+    if why:
+        at = f" at revision {rev!r}" if rev is not None else ""
+        raise ModelConfigError(
+            f"family {fam.name!r} size {size!r} needs hub id {checkpoint!r}{at}, but {why} and it "
+            "is not in the local Hugging Face cache; set model.local_dir or model.local_paths, or go online"
+        )
+
+
+def _n_tokens(fam: ModelFamily, size: str, rev: str | None, explicit: Mapping[str, int],
+              provider: Any, options: Mapping[str, Any]) -> int | None:
+    """Training tokens of (size, revision): given explicitly, else the provider's schedule (for a
+    checkpoint it builds; None for a user's folder), else the family's rule."""
+    if rev in explicit:
+        return explicit[rev]
+    if provider is not None and hasattr(provider, "n_tokens"):
+        return provider.n_tokens(size, dict(options), rev)
+    return fam.revision_tokens(rev)
 
 
 def prepare_models(specs: Sequence[ModelSpec], provider_options: Mapping[str, Any] | None = None) -> list[ModelSpec]:
@@ -361,8 +385,6 @@ def prepare_models(specs: Sequence[ModelSpec], provider_options: Mapping[str, An
 
 
 def _torch_dtype(name: str):
-    import torch
-
     return "auto" if name == "auto" else getattr(torch, name)
 
 
@@ -387,8 +409,6 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     Local folders are read with ``local_files_only=True`` and safetensors when present;
     ``trust_remote_code`` is passed only as the spec says (default False).
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     source = spec.source
     kwargs: dict[str, Any] = {"trust_remote_code": spec.trust_remote_code}
     if spec.local_path is not None:

@@ -8,17 +8,14 @@ rows record (``model_dtype``, ``device``).
 """
 from __future__ import annotations
 
+import torch
+
 #: dtype names a user may ask for; ``auto`` resolves per device.
 MODEL_DTYPES: tuple[str, ...] = ("auto", "float32", "float16", "bfloat16", "checkpoint")
 
 
 def cuda_available() -> bool:
-    try:
-        import torch
-
-        return bool(torch.cuda.is_available())
-    except ImportError:  # pragma: no cover - torch is a dependency
-        return False
+    return bool(torch.cuda.is_available())
 
 
 def resolve_device(device: str | None) -> str:

@@ -11,6 +11,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
 from kscale.paths import default_data_dir
 
 # len(AutoTokenizer.from_pretrained("facebook/opt-125m")): 4 specials + 50257 BPE tokens + 4
@@ -27,15 +30,11 @@ def _tok_dir(data_dir: Path | str | None, name: str) -> Path:
 
 def gpt2_tokenizer(data_dir: Path | str | None = None):
     """GPT-2's BPE (``"Hello world"`` -> ``[15496, 995]``), as a fast tokenizer."""
-    from transformers import AutoTokenizer
-
     return AutoTokenizer.from_pretrained(str(_tok_dir(data_dir, "gpt2")))
 
 
 def neox_tokenizer(data_dir: Path | str | None = None):
     """GPT-NeoX-20B's tokenizer, used by Pythia (``"Hello world"`` -> ``[12092, 1533]``)."""
-    from transformers import PreTrainedTokenizerFast
-
     file = _tok_dir(data_dir, "gpt-neox-20b") / "tokenizer.json"
     return PreTrainedTokenizerFast(
         tokenizer_file=str(file), bos_token="<|endoftext|>", eos_token="<|endoftext|>",
@@ -49,9 +48,6 @@ def opt_tokenizer(data_dir: Path | str | None = None):
     Returns a ``PreTrainedTokenizerFast`` whose post-processor prepends ``</s>`` (id 2), as
     ``facebook/opt-*`` tokenizers do (``add_bos_token=True``, ``bos_token="</s>"``).
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
     folder = _tok_dir(data_dir, "fairseq-gpt2-bpe")
     encoder: dict[str, int] = json.loads((folder / "encoder.json").read_text(encoding="utf-8"))
     by_gpt2_id = {i: tok for tok, i in encoder.items()}

@@ -380,3 +380,90 @@ if AVAILABLE:
                     best = d * sumqx
             out[g] = d
         return out
+
+    @njit(cache=True, parallel=True)
+    def weighted_descent_search(X, nmax):  # pragma: no cover - compiled
+        """``make_q3_quants(n, nmax, x, L, true)`` on position-major [n, G] -> (scale, L = l + nmax)."""
+        n, G = X.shape
+        scale_out = np.zeros(G, np.float32)
+        L = np.zeros((n, G), np.float32)
+        lo, hi = np.float32(-nmax), np.float32(nmax - 1)
+        zero = np.float32(0.0)
+        for g in prange(G):
+            x = X[:, g]
+            amax, vmax = _first_abs_max(x)
+            if amax < _EPS:
+                continue
+            iscale = np.float32(-nmax) / vmax
+            li = np.empty(n, np.float32)
+            sumlx = zero
+            suml2 = zero
+            for i in range(n):
+                li[i] = _clamp(np.rint(iscale * x[i]), lo, hi)
+                w = x[i] * x[i]
+                sumlx += w * x[i] * li[i]
+                suml2 += w * li[i] * li[i]
+            for _ in range(5):
+                changed = 0
+                for i in range(n):
+                    w = x[i] * x[i]
+                    slx = sumlx - w * x[i] * li[i]
+                    if slx > zero:
+                        sl2 = suml2 - w * li[i] * li[i]
+                        new_l = _clamp(np.rint(x[i] * sl2 / slx), lo, hi)
+                        if new_l != li[i]:
+                            slx += w * x[i] * new_l
+                            sl2 += w * new_l * new_l
+                            if sl2 > zero and slx * slx * suml2 > sumlx * sumlx * sl2:
+                                li[i] = new_l
+                                sumlx = slx
+                                suml2 = sl2
+                                changed += 1
+                if changed == 0:
+                    break
+            for i in range(n):
+                L[i, g] = li[i] + np.float32(nmax)
+            scale_out[g] = sumlx / suml2 if suml2 > zero else zero
+        return scale_out, L
+
+    @njit(cache=True, parallel=True)
+    def legacy_ref(x, bits, affine, out):  # pragma: no cover - compiled
+        """``quantize_row_q{4,5}_{0,1}_ref`` of blocks [nb, 32] written as ggml's blocks into ``out``."""
+        nb = x.shape[0]
+        zero = np.float32(0.0)
+        top = (1 << bits) - 1
+        qh_at = 4 if affine else 2
+        qs_at = qh_at + (4 if bits == 5 else 0)
+        for b in prange(nb):
+            codes = np.empty(32, np.int64)
+            if affine:
+                mn = np.float32(np.inf)
+                mx = np.float32(-np.inf)
+                for j in range(32):
+                    if x[b, j] < mn:
+                        mn = x[b, j]
+                    if x[b, j] > mx:
+                        mx = x[b, j]
+                d = (mx - mn) / np.float32(top)
+                inv = np.float32(1.0) / d if d != zero else zero
+                _put_fp16(out, b, 0, d)
+                _put_fp16(out, b, 2, mn)
+                for j in range(32):
+                    c = np.int64(np.trunc((x[b, j] - mn) * inv + np.float32(0.5)))
+                    codes[j] = min(15, c) if bits == 4 else c
+            else:
+                levels = np.float32(1 << (bits - 1))
+                amax, vmax = _first_abs_max(x[b])
+                d = vmax / -levels
+                inv = np.float32(1.0) / d if d != zero else zero
+                _put_fp16(out, b, 0, d)
+                for j in range(32):
+                    codes[j] = min(top, np.int64(np.trunc(x[b, j] * inv + (levels + np.float32(0.5)))))
+            qh = 0
+            for j in range(16):
+                out[b, qs_at + j] = (codes[j] & 0xF) | ((codes[j + 16] & 0xF) << 4)
+            for j in range(32):
+                qh |= ((codes[j] >> 4) & 1) << j
+            if bits == 5:
+                for k in range(4):
+                    out[b, qh_at + k] = (qh >> (8 * k)) & 0xFF

@@ -83,8 +83,20 @@ def _affine_imatrix(w: torch.Tensor, imatrix: torch.Tensor, nmax: int):
     return fp16(d)[1], fp16(-neg_min)[1], L.T
 
 
+def _fused_ref(w: torch.Tensor, bits: int, affine: bool) -> torch.Tensor | None:
+    """The reference path in one numba pass writing ggml's bytes (None where numba does not run)."""
+    x = _blocks(w)
+    if not use_numba(x):
+        return None
+    out = torch.empty(x.shape[0], 2 + 2 * affine + 4 * (bits == 5) + 16, dtype=torch.uint8)
+    _numba_search.legacy_ref(x.numpy(), bits, affine, out.numpy())
+    return out.view(w.shape[0], -1)
+
+
 def _quantize_symmetric(w: torch.Tensor, imatrix: torch.Tensor | None, *, levels: int) -> torch.Tensor:
     """q4_0 (levels 8) / q5_0 (16): ``d`` then, for 5 bits, ``qh``, then the nibbles."""
+    if imatrix is None and (fused := _fused_ref(w, 4 if levels == 8 else 5, False)) is not None:
+        return fused
     h, codes = _symmetric_ref(_blocks(w), levels) if imatrix is None else _symmetric_imatrix(w, imatrix, levels)
     parts = [fp16_bytes(h)] + ([_high_bits(codes)] if levels == 16 else []) + [_nibbles(codes)]
     return torch.cat(parts, dim=1).view(w.shape[0], -1)
@@ -92,6 +104,8 @@ def _quantize_symmetric(w: torch.Tensor, imatrix: torch.Tensor | None, *, levels
 
 def _quantize_affine(w: torch.Tensor, imatrix: torch.Tensor | None, *, nmax: int) -> torch.Tensor:
     """q4_1 (nmax 15) / q5_1 (31): ``d, m`` then, for 5 bits, ``qh``, then the nibbles."""
+    if imatrix is None and (fused := _fused_ref(w, 4 if nmax == 15 else 5, True)) is not None:
+        return fused
     d, m, codes = _affine_ref(_blocks(w), nmax) if imatrix is None else _affine_imatrix(w, imatrix, nmax)
     parts = [fp16_bytes(d), fp16_bytes(m)] + ([_high_bits(codes)] if nmax == 31 else []) + [_nibbles(codes)]
     return torch.cat(parts, dim=1).view(w.shape[0], -1)

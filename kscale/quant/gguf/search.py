@@ -199,6 +199,14 @@ def positive_scale_search(x: torch.Tensor, nmax: int, weights: torch.Tensor) -> 
 
 
 def weighted_descent_search(x: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``make_q3_quants`` (see :func:`_weighted_descent_search_torch`), numba or torch."""
+    if use_numba(x):
+        scale, L = _numba_search.weighted_descent_search(x.contiguous().numpy(), nmax)
+        return torch.from_numpy(scale), torch.from_numpy(L)
+    return _weighted_descent_search_torch(x, nmax)
+
+
+def _weighted_descent_search_torch(x: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``make_q3_quants(n, nmax, x, L, do_rmse=true)`` on position-major ``x`` [n, groups].
 
     Symmetric codes ``l`` in [-nmax, nmax-1] from ``-nmax/max``, then up to five passes of

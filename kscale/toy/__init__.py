@@ -3,7 +3,7 @@ language whose entropy rate is known exactly (issue 6).
 
 Importing this package registers
 
-* ``FAMILIES["toy"]`` — sizes of :data:`LADDER` then :data:`QUICK_RUNGS`, provider ``toy``, ``seqlen`` = training context;
+* ``FAMILIES["toy"]`` — sizes of :data:`LADDER`, :data:`BEYOND_LADDER`, :data:`QUICK_RUNGS`, provider ``toy``, ``seqlen`` = training context;
 * ``PROVIDERS["toy"]`` — :class:`ToyProvider` (``locate`` / ``ensure``: train-once cache);
 * ``CORPORA["toy"]`` — :func:`load_toy_corpus`, held-out text of the same language.
 
@@ -16,6 +16,7 @@ from kscale.models.family import FAMILIES, PROVIDERS, ModelFamily
 from kscale.quant.filter import ModuleFilter
 from kscale.toy.language import LanguageSpec, MarkovLanguage
 from kscale.toy.ladder import (
+    BEYOND_LADDER,
     LADDER,
     QUICK_RUNGS,
     SIZES,
@@ -30,8 +31,8 @@ from kscale.toy.tokenizer import build_tokenizer
 from kscale.toy.train import ARCHITECTURES, ToyShape, TrainSpec, build_model, n_params, train_model
 
 __all__ = [
-    "ARCHITECTURES", "LADDER", "QUICK_RUNGS", "SIZES", "LanguageSpec", "MarkovLanguage", "PROVIDER", "ToyOptions", "ToyProvider",
-    "ToyShape", "TrainSpec", "build_model", "build_tokenizer", "data_source", "entropy_rate",
+    "ARCHITECTURES", "BEYOND_LADDER", "LADDER", "QUICK_RUNGS", "SIZES", "LanguageSpec", "MarkovLanguage",
+    "PROVIDER", "ToyOptions", "ToyProvider", "ToyShape", "TrainSpec", "build_model", "build_tokenizer", "data_source", "entropy_rate",
     "load_toy_corpus", "n_params", "train_checkpoint", "train_model",
 ]
 

@@ -38,7 +38,16 @@ from pathlib import Path
 from typing import Any
 
 from kscale.paths import default_cache_dir
-from kscale.toy.options import CACHE_FORMAT, LADDER, QUICK_RUNGS, SIZES, ToyOptions, revision_name, snapshot_steps
+from kscale.toy.options import (
+    BEYOND_LADDER,
+    CACHE_FORMAT,
+    LADDER,
+    QUICK_RUNGS,
+    SIZES,
+    ToyOptions,
+    revision_name,
+    snapshot_steps,
+)
 from kscale.toy.reproducible import device_type, in_pinned_child, observed_numerics, train_in_child
 from kscale.toy.sources import (
     SyntheticSource,
@@ -51,7 +60,7 @@ from kscale.toy.tokenizer import EOS, SPECIAL_TOKENS, build_tokenizer
 from kscale.toy.train import build_model, n_params, train_model, train_steps
 
 __all__ = [  # the options and sources are re-exported: callers import them from here
-    "CACHE_FORMAT", "LADDER", "QUICK_RUNGS", "SIZES", "SPECIAL_TOKENS", "SyntheticSource", "TextSource",
+    "BEYOND_LADDER", "CACHE_FORMAT", "LADDER", "QUICK_RUNGS", "SIZES", "SPECIAL_TOKENS", "SyntheticSource", "TextSource",
     "ToyOptions", "ToyProvider", "_corpus_cache_path", "data_source", "entropy_rate", "load_toy_corpus",
     "planned_tokens", "revision_name", "snapshot_steps", "train_checkpoint",
 ]

@@ -31,8 +31,10 @@ memorising the top-``M`` contexts, ``G(M) = sum_{rank > M} pi(s) KL(P(.|s) || P(
 cliff (log-log slopes -0.72, -1.71 between M = 30, 100, 300) and the ladder stepped: unigram
 plateau, bigram plateau, then the whole trigram layer at once. A flatter Zipf law and a 30 %
 background spread the mass (G slopes -0.15, -0.27, -0.46 over M = 10 .. 300), and the measured
-16-bit ladder follows a power law (reducible-loss slopes -0.21, -0.24, -0.21). The price: a
-higher entropy rate (2.48 instead of 0.95 nats/token; unigram 3.97, bigram 3.31).
+16-bit ladder L2-d16 .. L2-d48 follows a power law (reducible-loss slopes -0.19, -0.26, -0.22).
+The price: a higher entropy rate (2.48 instead of 0.95 nats/token; unigram 3.97, bigram 3.31).
+The law holds in a window: the next rung, L2-d64, learns much more of the trigram layer and
+drops off it (slope -0.99; kscale.toy.options.BEYOND_LADDER).
 
 Entropy rate (exact, nats/token): the pair ``s_t = (x_{t-1}, x_t)`` is a first-order Markov
 chain, so ``H = sum_s pi(s) * H(P(. | s))`` with ``pi`` its stationary distribution,

@@ -67,7 +67,7 @@ def test_default_ladder_is_one_shape_family_growing_geometrically():
     assert all(s.d_model // s.n_head == 8 and s.d_model % 8 == 0 for s in shapes)
     with torch.device("meta"):  # shapes only: no memory, no initialisation cost
         counts = [n_params(build_model("gpt2", s, 130, 64, 129, 0)) for s in shapes]
-    assert len(counts) >= 5 and counts[-1] / counts[0] >= 10
+    assert len(counts) >= 4 and counts[-1] / counts[0] >= 6
     ratios = np.diff(np.log(counts))
     assert (ratios > np.log(1.5)).all() and (ratios < np.log(2.5)).all()  # geometric-ish steps
     steps = [train_steps(ToyOptions().train, n, s.batch_size) for n, s in zip(counts, shapes)]

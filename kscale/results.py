@@ -250,6 +250,14 @@ def _load_results(path: str | os.PathLike, *, all_statuses: bool):
     return df[leading + [c for c in df.columns if c not in leading]].reset_index(drop=True)
 
 
+def _private_tmp(path: Path) -> Path:
+    """A temporary name no other writer shares: two sweeps of one study (two SLURM commands) may
+    export at the same moment, and with one shared name the first ``os.replace`` would publish
+    the other's half-written file and the second would find its own gone."""
+    stamp = f"{socket.gethostname()}-{os.getpid()}-{time.time_ns()}"
+    return path.with_name(f".{path.name}.{_safe_name(stamp)}.tmp")
+
+
 def export_table(study_dir: str | os.PathLike, *, csv: bool = True) -> dict[str, Path]:
     """Write ``table.parquet`` (and ``table.csv``) next to ``rows/`` for notebooks.
 
@@ -262,7 +270,7 @@ def export_table(study_dir: str | os.PathLike, *, csv: bool = True) -> dict[str,
     if df.empty:
         return out
     parquet = study_dir / "table.parquet"
-    tmp = parquet.with_suffix(".parquet.tmp")
+    tmp = _private_tmp(parquet)
     try:
         df.to_parquet(tmp, index=False)
     except (TypeError, ValueError) as err:  # pyarrow cannot type a mixed column
@@ -276,7 +284,7 @@ def export_table(study_dir: str | os.PathLike, *, csv: bool = True) -> dict[str,
     out["parquet"] = parquet
     if csv:
         path = study_dir / "table.csv"
-        tmp = path.with_suffix(".csv.tmp")
+        tmp = _private_tmp(path)
         df.to_csv(tmp, index=False)
         os.replace(tmp, path)
         out["csv"] = path

@@ -10,10 +10,11 @@ q4_k: 144 bytes per 256 values). ``payload_bits`` counts the nominal bits per va
 ``constant_bits`` everything else in the blocks (scales, minima, quantized sub-block scales).
 
 Row lengths that are not a multiple of the type's block: llama.cpp's quantizer
-(``llama-quant.cpp``, ``convert_incompatible_tensor``) then stores the tensor in a fallback
-type -- q2_k, q3_k, iq4_xs -> iq4_nl; q4_k -> q5_0; q5_k -> q5_1; q6_k -> q8_0 -- and in F16
-when that does not fit either (and for the 32-value types). The format does the same, and the
-ledger counts the type actually stored.
+(``llama-quant.cpp``, ``tensor_type_fallback``) then stores the tensor in a fallback type --
+q2_k, q3_k -> q4_0; iq4_xs -> iq4_nl; q4_k -> q5_0; q5_k -> q5_1; q6_k -> q8_0 -- and in F16
+when that does not fit either (and for the 32-value types). The format asks the one rule in
+:func:`kscale.quant.gguf.recipes.tensor_type_fallback` (the file-type recipes ask it too), and
+the ledger counts the type actually stored.
 """
 from __future__ import annotations
 
@@ -32,11 +33,8 @@ from kscale.quant.formats.base import (
     register_format,
 )
 
-__all__ = ["GGUFTypeConfig", "GGUFTypeFormat", "FALLBACK", "nominal_bits", "stored_type"]
+__all__ = ["GGUFTypeConfig", "GGUFTypeFormat", "nominal_bits", "stored_type"]
 
-#: llama.cpp's fallback when a row is not a whole number of blocks (llama-quant.cpp)
-FALLBACK: dict[str, str] = {"q2_k": "iq4_nl", "q3_k": "iq4_nl", "iq4_xs": "iq4_nl",
-                            "q4_k": "q5_0", "q5_k": "q5_1", "q6_k": "q8_0"}
 F16 = "f16"
 
 
@@ -56,13 +54,9 @@ def nominal_bits(name: str) -> int:
 
 def stored_type(name: str, n_per_row: int) -> str:
     """The type llama.cpp stores a tensor with rows of ``n_per_row`` values in (or ``f16``)."""
-    types = _types()
-    if n_per_row % types[name].block_values == 0:
-        return name
-    fallback = FALLBACK.get(name)
-    if fallback is not None and n_per_row % types[fallback].block_values == 0:
-        return fallback
-    return F16
+    from kscale.quant.gguf.recipes import tensor_type_fallback
+
+    return tensor_type_fallback(name, n_per_row)
 
 
 @dataclass(frozen=True)

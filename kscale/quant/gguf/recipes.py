@@ -31,7 +31,7 @@ q8_0       q8_0     --
   (q8_0 stays q8_0), or q8_0 if the row length is not a multiple of the base type's block.
 * A 70B-class llama (``is_70b``) raises attn_v from q3_k/q4_k to q5_k.
 * Fallback when the row length (``ne[0]``, the input width) is not a multiple of the type's
-  block: q2_k/q3_k -> q4_0, q4_k -> q5_0, q5_k -> q5_1, q6_k -> q8_0; if that still does not
+  block: q2_k/q3_k -> q4_0, iq4_xs -> iq4_nl, q4_k -> q5_0, q5_k -> q5_1, q6_k -> q8_0; if that still does not
   divide (or for q8_0, where llama.cpp has no fallback and refuses), F16.
 * Not quantized (kept at 16 bits): 1-D tensors (norms, biases) and position embeddings.
 * ``q2_k_s`` wants an importance matrix for its q2_k tensors (``tensor_requires_imatrix``).
@@ -49,7 +49,8 @@ from typing import Any
 from kscale.quant.gguf.types import GGUF_TYPES
 
 __all__ = ["FILE_TYPES", "ROLES", "UNQUANTIZED", "TensorAssignment", "gguf_file_type_for", "gguf_ties_embeddings",
-           "hf_tensor_role", "needs_imatrix", "recipe_for_model", "recipe_for_torch_model"]
+           "hf_tensor_role", "needs_imatrix", "recipe_for_model", "recipe_for_torch_model",
+           "tensor_type_fallback"]
 
 #: file type -> its base tensor type (``llama_ftype_get_default_type``)
 FILE_TYPES: dict[str, str] = {
@@ -64,7 +65,8 @@ UNQUANTIZED = ("position_embd", "norm", "bias")
 #: the type name returned for a tensor kept at 16 bits
 F16 = "f16"
 
-_FALLBACK = {"q2_k": "q4_0", "q3_k": "q4_0", "q4_k": "q5_0", "q5_k": "q5_1", "q6_k": "q8_0"}
+_FALLBACK = {"q2_k": "q4_0", "q3_k": "q4_0", "iq4_xs": "iq4_nl", "q4_k": "q5_0", "q5_k": "q5_1",
+             "q6_k": "q8_0"}
 
 
 def _more_bits(i: int, n: int) -> bool:
@@ -108,8 +110,10 @@ def _fits(tensor_type: str, n_per_row: int | None) -> bool:
     return n_per_row is None or n_per_row % GGUF_TYPES[tensor_type].block_values == 0
 
 
-def _fallback(tensor_type: str, n_per_row: int | None) -> str:
-    """``tensor_type_fallback``: a type whose block divides the row, else F16."""
+def tensor_type_fallback(tensor_type: str, n_per_row: int | None) -> str:
+    """llama.cpp's ``tensor_type_fallback``: the type itself if its block divides the row, else
+    its fallback type if that block does, else F16. The one rule: the per-tensor formats
+    (:mod:`kscale.quant.formats.gguf`) and the file-type recipes both ask it."""
     if _fits(tensor_type, n_per_row):
         return tensor_type
     fallback = _FALLBACK.get(tensor_type)
@@ -161,7 +165,7 @@ def gguf_file_type_for(role: str, layer: int | None, n_layers: int, file_type: s
         chosen = _ffn_down(file_type, base, layer, n_layers)
     elif role == "attn_output":
         chosen = _attn_output(file_type, base)
-    return _fallback(chosen, n_per_row)
+    return tensor_type_fallback(chosen, n_per_row)
 
 
 def needs_imatrix(file_type: str, tensor_type: str, role: str) -> bool:

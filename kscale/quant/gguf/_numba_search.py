@@ -467,3 +467,25 @@ if AVAILABLE:
             if bits == 5:
                 for k in range(4):
                     out[b, qh_at + k] = (qh >> (8 * k)) & 0xFF
+
+    @njit(cache=True, parallel=True)
+    def dequantize_legacy(data, bits, affine, out):  # pragma: no cover - compiled
+        """gguf's Q4_0/Q4_1/Q5_0/Q5_1 dequantization of blocks [nb, bytes] into out [nb, 32]."""
+        qh_at = 4 if affine else 2
+        qs_at = qh_at + (4 if bits == 5 else 0)
+        offset = 0 if affine else 1 << (bits - 1)
+        for b in prange(data.shape[0]):
+            d = _fp16_value(data[b, 0], data[b, 1])
+            m = _fp16_value(data[b, 2], data[b, 3]) if affine else np.float32(0.0)
+            qh = 0
+            if bits == 5:
+                for k in range(4):
+                    qh |= np.int64(data[b, qh_at + k]) << (8 * k)
+            for j in range(32):
+                q = (np.int64(data[b, qs_at + j % 16]) >> (4 * (j // 16))) & 0xF
+                if bits == 5:
+                    q |= ((qh >> j) & 1) << 4
+                if affine:
+                    out[b, j] = d * np.float32(q) + m
+                else:
+                    out[b, j] = d * np.float32(q - offset)

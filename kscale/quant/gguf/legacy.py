@@ -130,6 +130,16 @@ def quantize_q8_0(w: torch.Tensor, imatrix: torch.Tensor | None) -> torch.Tensor
 
 # --- dequantization: the float32 operations of gguf.quants, in its order --------------------------
 
+def _fused_dequantize(data: torch.Tensor, bits: int, affine: bool) -> torch.Tensor | None:
+    """gguf's values in one numba pass (None where numba does not run)."""
+    if not use_numba(data):
+        return None
+    blocks = data.reshape(-1, 2 + 2 * affine + 4 * (bits == 5) + 16)
+    out = torch.empty(blocks.shape[0], QK)
+    _numba_search.dequantize_legacy(blocks.numpy(), bits, affine, out.numpy())
+    return out
+
+
 def _split(data: torch.Tensor, block_bytes: int, *sizes: int) -> list[torch.Tensor]:
     return list(torch.split(data.reshape(-1, block_bytes), list(sizes), dim=1))
 
@@ -144,21 +154,29 @@ def _with_high(qh: torch.Tensor, qs: torch.Tensor) -> torch.Tensor:
 
 
 def dequantize_q4_0(data: torch.Tensor) -> torch.Tensor:
+    if (fused := _fused_dequantize(data, 4, False)) is not None:
+        return fused
     d, qs = _split(data, 18, 2, 16)
     return bytes_fp16(d) * (_unnibble(qs).to(torch.float32) - 8)
 
 
 def dequantize_q4_1(data: torch.Tensor) -> torch.Tensor:
+    if (fused := _fused_dequantize(data, 4, True)) is not None:
+        return fused
     d, m, qs = _split(data, 20, 2, 2, 16)
     return bytes_fp16(d) * _unnibble(qs).to(torch.float32) + bytes_fp16(m)
 
 
 def dequantize_q5_0(data: torch.Tensor) -> torch.Tensor:
+    if (fused := _fused_dequantize(data, 5, False)) is not None:
+        return fused
     d, qh, qs = _split(data, 22, 2, 4, 16)
     return bytes_fp16(d) * (_with_high(qh, qs) - 16).to(torch.float32)
 
 
 def dequantize_q5_1(data: torch.Tensor) -> torch.Tensor:
+    if (fused := _fused_dequantize(data, 5, True)) is not None:
+        return fused
     d, m, qh, qs = _split(data, 24, 2, 2, 4, 16)
     return bytes_fp16(d) * _with_high(qh, qs).to(torch.float32) + bytes_fp16(m)
 

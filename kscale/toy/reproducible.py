@@ -37,6 +37,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from importlib.metadata import version
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -84,9 +85,13 @@ def in_pinned_child() -> bool:
 
 
 def child_env(threads: int) -> dict[str, str]:
-    """The parent's environment with the numerics pinned and ``threads`` OpenMP/MKL threads."""
+    """The parent's environment with the numerics pinned and ``threads`` OpenMP/MKL threads; the
+    folder holding this ``kscale`` goes first on ``PYTHONPATH``, so the child imports the same
+    code as the parent wherever either was started from."""
+    root = str(Path(__file__).resolve().parents[2])
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
     return {**os.environ, **PINNED_ENV, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-            CHILD_FLAG: "1"}
+            "PYTHONPATH": path, CHILD_FLAG: "1"}
 
 
 def train_in_child(options: Mapping[str, Any], sizes: Sequence[str], revisions: Sequence[str | None],

@@ -1,6 +1,7 @@
 """Scaling-law fits with honest uncertainty.
 
-* :mod:`kscale.fit.laws`        — ``LAWS`` registry (``power``, ``offset``, ``neff``, ``chinchilla``; degradation laws ``qid``, ``ptq``) and :class:`Law`.
+* :mod:`kscale.fit.laws`        — ``LAWS`` registry (``power``, ``offset``, ``neff``, ``chinchilla``; degradation laws ``qid``, ``ptq``;
+  ``precision`` from :mod:`kscale.fit.precision`) and :class:`Law`.
 * :mod:`kscale.fit.core`        — :func:`fit_law` (summed Huber on log loss, L-BFGS-B from a grid) → :class:`LawFit`.
 * :mod:`kscale.fit.bootstrap`   — :func:`bootstrap_law`: resampled fits, parameter intervals, optimal-``bits`` decisions.
 * :mod:`kscale.fit.extrapolate` — :func:`extrapolate`: fit without the largest size(s), predict them.
@@ -21,6 +22,7 @@ from kscale.fit.degenerate import (
 )
 from kscale.fit.core import HUBER_DELTA, FitError, LawFit, fit_law, higher_is_better
 from kscale.fit.laws import LAWS, Law, get_law, register_law
+from kscale.fit import precision as _precision  # noqa: F401  registers the "precision" law
 from kscale.fit.bootstrap import BootstrapResult, bootstrap_law, candidate_frame
 from kscale.fit.extrapolate import ExtrapolationResult, extrapolate
 from kscale.fit.effect import EffectScore, precision_effect_score

@@ -106,7 +106,7 @@ def _check_toy_tokens(plan):
 
     model = yaml.safe_load((ROOT / "conf" / "experiment" / "toy_tokens.yaml").read_text())["model"]
     sizes, revisions = model["sizes"], model["revisions"]
-    assert (len(sizes), len(revisions)) == (5, 6)  # the comment: 5 sizes x 6 checkpoints
+    assert (len(sizes), len(revisions)) == (4, 6)  # the comment: 4 sizes x 6 checkpoints
     assert _jobs(plan) == [("toy", s, r) for s in sizes for r in revisions]
     assert {j["cells"] for j in plan["jobs"]} == {6}  # int x 2,3,4,5,8 bits + the baseline
 

@@ -37,10 +37,12 @@ def load_text() -> str:
     return f"load {os.getloadavg()[0]:.1f}/{os.cpu_count()} cpus"
 
 
-def run(cmd: list[str]) -> float:
+def run(cmd: list[str], threads: int | None = None) -> float:
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
-                          env=dict(os.environ, HYDRA_FULL_ERROR="1", WANDB_MODE="disabled"))
+    env = dict(os.environ, HYDRA_FULL_ERROR="1", WANDB_MODE="disabled")
+    if threads:  # on a busy machine OpenMP threads spin-wait for each other: one is faster
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         sys.exit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
     return time.perf_counter() - t0
@@ -86,6 +88,9 @@ def main() -> None:
                     help=f"eval.target_se per study (default: {DEFAULT_TARGETS})")
     ap.add_argument("--n-bootstrap", type=int, default=200)
     ap.add_argument("--keep", default=None, help="results folder to keep (default: a temporary one)")
+    ap.add_argument("--override", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="Hydra overrides for both arms, e.g. a smaller grid: dtype=int 'model.sizes=[a,b]'")
+    ap.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of the sweeps (1 on a busy machine)")
     args = ap.parse_args()
     targets = dict(DEFAULT_TARGETS)
     targets.update({k: float(v) for k, v in (s.split("=") for s in args.target_se)})
@@ -93,14 +98,14 @@ def main() -> None:
     print(f"load: {os.getloadavg()[0]:.1f} (1-min average, {os.cpu_count()} CPUs); results in {base}")
     all_ok = True
     for study in args.studies.split(","):
-        common = [sys.executable, "run_sweep.py", *STUDIES[study], f"results_dir={base}", "report=false",
-                  "progress=false"]
+        common = [sys.executable, "run_sweep.py", *STUDIES[study], *args.override, f"results_dir={base}",
+                  "report=false", "progress=false"]
         arms = {"full": ([], "nll_toy"), "sequential": ([f"eval.target_se={targets[study]}"], "nll_toy_paired")}
         got = {}
         for arm, (extra, metric) in arms.items():
             # the target is in the name: a study folder holds rows of one setting (a re-run resumes)
             name = f"{study}-full" if arm == "full" else f"{study}-se{targets[study]:g}"
-            wall = run([*common, *extra, f"name={name}"])
+            wall = run([*common, *extra, f"name={name}"], args.threads)
             out = base / f"{name}-report"
             run([sys.executable, "-m", "kscale.report", str(base / name), "--metric", metric, "--out", str(out),
                  "--n-bootstrap", str(args.n_bootstrap)])

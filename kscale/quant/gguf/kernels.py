@@ -16,6 +16,7 @@ import torch
 from kscale.registry import Registry
 
 from . import iquants, kquants, kquants_low, legacy
+from .search import use_numba
 from .types import GGUF_TYPES, GGUFType
 
 #: rows are quantized in chunks of about this many values
@@ -26,13 +27,16 @@ CHUNK_VALUES = 1 << 20
 class GGUFKernel:
     quantize: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]  # [rows, n] -> uint8 [rows, nbytes]
     dequantize: Callable[[torch.Tensor], torch.Tensor]  # uint8 [..] -> float32 [blocks, block_values]
+    one_pass_ref: bool = False  # without an imatrix, a fused numba pass with no large temporaries: no chunking
 
 
 KERNELS: Registry[GGUFKernel] = Registry("GGUF kernel")
+_ONE_PASS = ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q4_k", "q5_k")
 for _module, _names in ((legacy, ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0")), (kquants, ("q4_k", "q5_k", "q6_k")),
                         (kquants_low, ("q2_k", "q3_k")), (iquants, ("iq4_nl", "iq4_xs"))):
     for _name in _names:
-        KERNELS.register(_name, GGUFKernel(getattr(_module, f"quantize_{_name}"), getattr(_module, f"dequantize_{_name}")))
+        KERNELS.register(_name, GGUFKernel(getattr(_module, f"quantize_{_name}"), getattr(_module, f"dequantize_{_name}"),
+                                           _name in _ONE_PASS))
 
 
 def gguf_type(name: str) -> GGUFType:
@@ -89,7 +93,7 @@ def quantize_gguf(w: torch.Tensor, name: str, imatrix: torch.Tensor | None = Non
     imatrix = _check_imatrix(imatrix, t, w)
     kernel = _kernel(t)
     rows, rows_per_chunk = w.shape[0], max(1, CHUNK_VALUES // w.shape[1])
-    if rows <= rows_per_chunk:
+    if rows <= rows_per_chunk or (imatrix is None and kernel.one_pass_ref and use_numba(w)):
         return kernel.quantize(w, imatrix)
     out = torch.empty(rows, t.row_bytes(w.shape[1]), dtype=torch.uint8, device=w.device)
     for start in range(0, rows, rows_per_chunk):

@@ -76,6 +76,9 @@ class Law:
         budget_free_optimum: under this form the optimal k at a total-bits budget cannot depend on
             the budget (a parallel shift in log total bits, or N_eff ∝ N at a fixed cost per
             parameter): the report says so next to an answer built on it.
+        varies_any: the report's automatic law choice considers this law only when at least one
+            of these columns takes two values (``precision``'s training bits: on a study trained
+            in one precision its γ's are not identified, and 13 parameters cost a minute).
     """
 
     name: str
@@ -94,6 +97,7 @@ class Law:
     description: str = ""
     precision_params: tuple[str, ...] = ()
     budget_free_optimum: bool = False
+    varies_any: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         unknown = set(self.positive) | set(self.grid) | set(self.bounds) | set(self.per_group)

@@ -95,6 +95,7 @@ PRECISION = register_law(Law(
     bounds={"alpha": _EXPONENT_BOUNDS, "beta": _EXPONENT_BOUNDS, "gamma_D": _SIGNED_BOUNDS,
             "gamma_N": _SIGNED_BOUNDS},
     precision_params=("gamma_w", "gamma_a", "gamma_kv", "gamma_post", "C_w"),
+    varies_any=tuple(TRAIN_BITS),
     description="Kumar et al. 2025 ('Scaling Laws for Precision', Eq. 2-5 and the unified §5 form, "
     "Eq. 8-11): training precision shrinks the effective parameter count; post-training quantization "
     "adds δ_PTQ, smaller for models trained nearer the post-training precision (robustification). "

@@ -209,6 +209,10 @@ def _static_columns(plan: SweepPlan, model_spec: Any, family: Any) -> dict[str, 
         value = rate(plan.provider_options) if callable(rate) else None
         if value is not None:
             static["entropy_rate"] = float(value)
+        # what else the build options make of the model (toy: its training precision, train_bits_*)
+        columns = getattr(PROVIDERS.get(family.provider), "row_columns", None)
+        if callable(columns):
+            static.update(columns(plan.provider_options))
     return static
 
 

@@ -36,7 +36,8 @@ def law_choice(ctx: FamilyContext) -> LawChoice:
     """Compare the loss laws on the held-out largest size(s) and choose one (cached per family)."""
     def make() -> LawChoice:
         sub, requested = ctx.law_rows, ctx.options.law
-        candidates = [n for n in loss_laws() if all(c in sub.columns for c in LAWS.get(n).needs)]
+        candidates = [n for n in loss_laws() if all(c in sub.columns for c in LAWS.get(n).needs)
+                      and (not LAWS.get(n).varies_any or any(sub[c].nunique() > 1 for c in LAWS.get(n).varies_any))]
         if requested != AUTO_LAW and requested not in candidates:
             candidates.append(requested)
         scores = compare_laws(sub, ctx.metric, candidates, n_holdout=ctx.options.n_holdout)

@@ -12,6 +12,7 @@ from kscale.registry import Registry
 from kscale.report.context import FamilyContext, SectionOutput
 from kscale.report.sections.crossovers import crossover_section
 from kscale.report.sections.decision import decision_section
+from kscale.report.sections.formats import formats_section
 from kscale.report.sections.frontier import frontier_section
 from kscale.report.sections.law import law_section
 from kscale.report.sections.measured import measured_section
@@ -27,5 +28,6 @@ SECTIONS.register("law", law_section)
 SECTIONS.register("decision", decision_section)
 SECTIONS.register("tokens", tokens_section)
 SECTIONS.register("paired", paired_section)
+SECTIONS.register("formats", formats_section)
 #: Order in the summary (the registry itself is unordered).
-SECTION_ORDER = ("measured", "frontier", "crossovers", "law", "decision", "tokens", "paired")
+SECTION_ORDER = ("measured", "frontier", "crossovers", "law", "decision", "tokens", "paired", "formats")

@@ -22,7 +22,7 @@ import torch
 
 from ._numerics import (GROUP_MAX_EPS, bytes_fp16, f32, first_abs_max, fp16, fp16_bytes, nearest_int, pack_bit_planes,
                         pack_nibbles, seq_sum, sqrt)
-from . import _numba_search
+from . import _numba_fused
 from .search import min_scale_search, positive_scale_search, signed_scale_search, use_numba
 
 QK_K = 256
@@ -134,7 +134,7 @@ def _quantize_affine_k(w: torch.Tensor, imatrix: torch.Tensor | None, *, nmax: i
     x = w.reshape(-1, QK_K)
     if imatrix is None and use_numba(x):  # the whole reference path fused (same bytes, one pass)
         out = torch.empty(x.shape[0], 144 if nmax == 15 else 176, dtype=torch.uint8)
-        _numba_search.q45k_ref(x.numpy(), nmax, out.numpy())
+        _numba_fused.q45k_ref(x.numpy(), nmax, out.numpy())
         return out.view(rows, -1)
     ref_search = (-1.0, 0.1, 20) if nmax == 15 else (-0.5, 0.1, 15)
     L, (d, dh), (dmin, dminh), ls, lm = _affine_scales(x, imatrix, nmax, ref_search)
@@ -179,7 +179,7 @@ def _dequantize_affine_k(data: torch.Tensor, *, nmax: int) -> torch.Tensor:
     b = data.reshape(-1, block_bytes)
     if use_numba(b):
         out = torch.empty(b.shape[0], QK_K)
-        _numba_search.dequantize_q45k(b.numpy(), nmax, out.numpy())
+        _numba_fused.dequantize_q45k(b.numpy(), nmax, out.numpy())
         return out
     d, dmin = bytes_fp16(b[:, 0:2]), bytes_fp16(b[:, 2:4])
     sc, m = unpack_scale_min_k4(b[:, 4:16])

@@ -17,7 +17,7 @@ import torch
 
 from ._numerics import (bytes_fp16, bytes_u32, f32, first_abs_max, first_max, first_min, fp16, fp16_bytes,
                         pack_nibbles, round_away, seq_sum, sqrt, u32_bytes)
-from . import _numba_search
+from . import _numba_fused
 from .search import min_scale_search, signed_scale_search, use_numba
 
 QK = 32
@@ -89,7 +89,7 @@ def _fused_ref(w: torch.Tensor, bits: int, affine: bool) -> torch.Tensor | None:
     if not use_numba(x):
         return None
     out = torch.empty(x.shape[0], 2 + 2 * affine + 4 * (bits == 5) + 16, dtype=torch.uint8)
-    _numba_search.legacy_ref(x.numpy(), bits, affine, out.numpy())
+    _numba_fused.legacy_ref(x.numpy(), bits, affine, out.numpy())
     return out.view(w.shape[0], -1)
 
 
@@ -121,7 +121,7 @@ def quantize_q8_0(w: torch.Tensor, imatrix: torch.Tensor | None) -> torch.Tensor
     x = _blocks(w)
     if use_numba(x):  # one fused pass, same bytes
         out = torch.empty(x.shape[0], 34, dtype=torch.uint8)
-        _numba_search.q8_0_ref(x.numpy(), out.numpy())
+        _numba_fused.q8_0_ref(x.numpy(), out.numpy())
         return out.view(w.shape[0], -1)
     d = x.abs().amax(dim=1) / 127
     codes = round_away(x * _safe_inverse(d).unsqueeze(1)).to(torch.int8)
@@ -136,7 +136,7 @@ def _fused_dequantize(data: torch.Tensor, bits: int, affine: bool) -> torch.Tens
         return None
     blocks = data.reshape(-1, 2 + 2 * affine + 4 * (bits == 5) + 16)
     out = torch.empty(blocks.shape[0], QK)
-    _numba_search.dequantize_legacy(blocks.numpy(), bits, affine, out.numpy())
+    _numba_fused.dequantize_legacy(blocks.numpy(), bits, affine, out.numpy())
     return out
 
 
@@ -185,7 +185,7 @@ def dequantize_q8_0(data: torch.Tensor) -> torch.Tensor:
     if use_numba(data):
         blocks = data.reshape(-1, 34)
         out = torch.empty(blocks.shape[0], 32)
-        _numba_search.dequantize_q8_0(blocks.numpy(), out.numpy())
+        _numba_fused.dequantize_q8_0(blocks.numpy(), out.numpy())
         return out
     d, qs = _split(data, 34, 2, 32)
     return qs.contiguous().view(torch.int8).to(torch.float32) * bytes_fp16(d)

@@ -5,8 +5,9 @@
 
 Every parameter tensor goes into the file once (tied weights once): the quantized weight
 matrices as the bytes their format stores (``StorageFormat.pack``), every other parameter as
-F16. GGUF formats (llama.cpp's block types ``q4_0 ... iq4_xs`` and ``gguf_mxfp4``/``gguf_nvfp4``)
-are written with ``gguf``'s ``GGUFWriter``, each quantized tensor tagged with the ggml type it is
+F16. GGUF formats (llama.cpp's block types ``q4_0 ... iq4_xs``, its file types ``ftype_q4_k_m``,
+... -- each tensor at its recipe type, token embedding and head included -- and
+``gguf_mxfp4``/``gguf_nvfp4``) are written with ``gguf``'s ``GGUFWriter``, each quantized tensor tagged with the ggml type it is
 stored in (a fallback type, or F16, where its rows do not block); all other formats as
 safetensors holding one uint8 tensor of packed codes and constants per quantized matrix
 (metadata: format, config, logical shapes). 8 x the tensor bytes in the file equals the ledger's
@@ -55,10 +56,10 @@ class ExportSummary:
         return 8 * self.tensor_bytes == self.total_bits
 
 
-def _is_gguf(name: str) -> bool:
+def _is_gguf(obj: Any) -> bool:
     from kscale.quant.gguf import GGUF_TYPES
 
-    return name in GGUF_TYPES or name in _GGML_NAMES
+    return obj.name in GGUF_TYPES or obj.name in _GGML_NAMES or obj.per_tensor_recipe
 
 
 def _gguf_module():
@@ -81,24 +82,27 @@ def _stored_ggml_type(fmt_name: str, n_per_row: int) -> str:
 
 def _quantized_tensors(model: nn.Module, obj: Any, config: Any, module_filter: Any,
                        imatrices: dict[str, torch.Tensor] | None = None):
-    """(name, weight parameter, packed bytes, [out, in] shape) of each quantized matrix, once."""
+    """(name, weight parameter, packed bytes, [out, in] shape, stored ggml type) of each quantized
+    matrix, once. A per-tensor recipe packs each of its tensors in that tensor's own type."""
+    from tqdm.auto import tqdm
+
+    from kscale.quant.formats import FORMATS
     from kscale.quant.modules import quantizable_modules, weight_matrix
 
+    if obj.per_tensor_recipe:  # (module name, module, per-tensor format, config, imatrix source)
+        items = [(t.name, t.module, FORMATS.get(t.config.format), t.config, t.imatrix_from)
+                 for t in obj.targets(model, config)]
+    else:
+        items = [(name, m, obj, config, name) for name, m in quantizable_modules(model, module_filter).items()]
     seen: set[int] = set()
-    modules = quantizable_modules(model, module_filter)
-    try:
-        from tqdm.auto import tqdm
-
-        items = tqdm(modules.items(), desc=f"packing {obj.name}", unit="tensor", leave=False)
-    except ImportError:  # pragma: no cover - tqdm ships with transformers
-        items = modules.items()
-    for name, module in items:
+    for name, module, fmt, cfg, source in tqdm(items, desc=f"packing {obj.name}", unit="tensor", leave=False):
         if id(module.weight) in seen:
             continue
         seen.add(id(module.weight))
         w = weight_matrix(module).detach().float().contiguous()
-        extra = {} if imatrices is None else {"imatrix": imatrices[name]}
-        yield f"{name}.weight", module.weight, obj.pack(w, config, **extra), tuple(w.shape)
+        extra = {} if imatrices is None or source is None else {"imatrix": imatrices[source]}
+        kind = _stored_ggml_type(fmt.name, int(w.shape[1])) if _is_gguf(fmt) else None
+        yield f"{name}.weight", module.weight, fmt.pack(w, cfg, **extra), tuple(w.shape), kind
 
 
 def export_model(model: nn.Module, fmt: Any, out: str | Path, *, options: dict[str, Any] | None = None,
@@ -117,16 +121,16 @@ def export_model(model: nn.Module, fmt: Any, out: str | Path, *, options: dict[s
         if calibration is None:
             raise ValueError(f"format {obj.name} with imatrix=true needs calibration windows: "
                              "pass --calib DATASET (or calibration= in Python)")
-        from kscale.quant.imatrix import importance_matrices
+        from kscale.quant.imatrix import imatrix_for
 
-        imatrices = importance_matrices(model, calibration, module_filter)
+        imatrices = dict(imatrix_for(model, config, calibration, module_filter))
     ledger = ledger_for(model, config, module_filter)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     quantized = list(_quantized_tensors(model, obj, config, module_filter, imatrices))
-    q_ids = {id(p) for _, p, _, _ in quantized}
+    q_ids = {id(p) for _, p, _, _, _ in quantized}
     rest = [(n, p) for n, p in model.named_parameters() if id(p) not in q_ids]  # tied: listed once
-    writer = _write_gguf if _is_gguf(obj.name) else _write_safetensors
+    writer = _write_gguf if _is_gguf(obj) else _write_safetensors
     types = writer(out, obj, config, quantized, rest)
     summary = ExportSummary(out, "gguf" if writer is _write_gguf else "safetensors",
                             file_tensor_bytes(out), ledger.total_bits, types)
@@ -148,8 +152,7 @@ def _write_gguf(out: Path, obj: Any, config: Any, quantized, rest) -> dict[str, 
     writer.add_string("kscale.format", obj.name)
     writer.add_string("kscale.config", str(config))
     types = {}
-    for name, _, data, (rows, n_per_row) in quantized:
-        kind = _stored_ggml_type(obj.name, n_per_row)
+    for name, _, data, (rows, n_per_row), kind in quantized:
         raw = np.frombuffer(data, dtype=np.uint8)
         if kind == "F16":
             writer.add_tensor(name, raw.view(np.float16).reshape(rows, n_per_row))
@@ -170,7 +173,7 @@ def _write_safetensors(out: Path, obj: Any, config: Any, quantized, rest) -> dic
     from safetensors.numpy import save_file
 
     arrays, types, shapes = {}, {}, {}
-    for name, _, data, shape in quantized:
+    for name, _, data, shape, _ in quantized:
         arrays[name] = np.frombuffer(data, dtype=np.uint8).copy()
         types[name] = obj.name
         shapes[name] = list(shape)

@@ -22,7 +22,10 @@ from kscale.quant.modules import quantizable_modules, weight_matrix
 
 log = logging.getLogger(__name__)
 
-__all__ = ["importance_matrices"]
+__all__ = ["EVERY_LINEAR", "importance_matrices"]
+
+#: every linear layer, the LM head included: what a per-tensor recipe quantizes
+EVERY_LINEAR = ModuleFilter(include=("*",), exclude=())
 
 
 @torch.no_grad()
@@ -64,10 +67,16 @@ def importance_matrices(model: nn.Module, calibration: CalibrationSet | Tensor,
 
 def imatrix_for(model: nn.Module, spec, calibration: CalibrationSet | Tensor | None,
                 module_filter: ModuleFilter | None) -> Mapping[str, Tensor] | None:
-    """The importance matrices a format config asks for (``needs_calibration``), else ``None``."""
+    """The importance matrices a format config asks for (``needs_calibration``), else ``None``.
+    A per-tensor recipe (``ftype_*``) quantizes every linear layer, the head included, whatever
+    ``module_filter`` says, so it gets the matrices of all of them."""
     if not getattr(spec, "needs_calibration", False):
         return None
     if calibration is None:
         raise ValueError(f"format {spec.format} with imatrix=true needs calibration windows "
                          "(the sweep draws them; in a notebook pass calibration=calibration_tokens(...))")
+    from kscale.quant.formats import format_of
+
+    if format_of(spec).per_tensor_recipe:
+        module_filter = EVERY_LINEAR
     return importance_matrices(model, calibration, module_filter)

@@ -5,6 +5,7 @@ and §5.2), so the count must be exact and say what it includes. See :class:`Bit
 """
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,18 +19,20 @@ from kscale.quant.formats import format_of
 from kscale.quant.modules import quantizable_modules, weight_matrix
 from kscale.quant.spec import QuantSpec
 
-__all__ = ["BitLedger", "LedgerRow", "ledger_for", "tensor_row"]
+__all__ = ["BitLedger", "LedgerRow", "ledger_for", "recipe_ledger", "tensor_row"]
 
 
 @dataclass(frozen=True)
 class LedgerRow:
-    """Cost of one quantized weight matrix: ``numel`` weights (kept columns included)."""
+    """Cost of one quantized weight matrix: ``numel`` weights (kept columns included);
+    ``stored_type``: its GGUF type when a per-tensor recipe chose it (None otherwise)."""
 
     name: str
     numel: int
     payload_bits: int
     constant_bits: int
     other_bits: int
+    stored_type: str | None = None
 
     @property
     def total_bits(self) -> int:
@@ -58,11 +61,16 @@ class BitLedger:
     - ``bits_per_param``: (row bits) / ``n_quantized`` -- the cost per quantized weight including
       its share of constants and kept columns: 4 + 16/64 = 4.25 for bits=4, blocksize=64,
       scale_bits=16 (§5.2); 4.5 with scale_bits=32. NaN when nothing is quantized.
+    - A per-tensor recipe (llama.cpp file types, ``ftype_*``): the rows are every tensor the
+      recipe stores -- token embedding and output head included, a tied pair once -- each at
+      its own type's exact ggml size; ``scope`` (row column ``quant_scope``) says so, and
+      ``gguf_types`` counts the weights stored in each type.
     """
 
     rows: tuple[LedgerRow, ...]
     n_params: int
     unquantized_bits: int
+    scope: str | None = None
 
     @property
     def n_quantized(self) -> int:
@@ -91,9 +99,18 @@ class BitLedger:
             return math.nan
         return (self.payload_bits + self.constant_bits + self.other_bits) / n
 
+    @property
+    def type_census(self) -> dict[str, int]:
+        """Weights stored in each per-tensor type (empty unless a recipe chose the types)."""
+        census: dict[str, int] = {}
+        for r in self.rows:
+            if r.stored_type is not None:
+                census[r.stored_type] = census.get(r.stored_type, 0) + r.numel
+        return dict(sorted(census.items()))
+
     def to_row(self) -> dict[str, Any]:
-        """Measurement columns for result rows."""
-        return {
+        """Measurement columns for result rows (``quant_scope`` and ``gguf_types`` for recipes)."""
+        row = {
             "n_params": self.n_params,
             "n_quantized": self.n_quantized,
             "total_bits": self.total_bits,
@@ -102,6 +119,12 @@ class BitLedger:
             "constant_bits": self.constant_bits,
             "other_bits": self.other_bits,
         }
+        if self.scope is not None:
+            row["quant_scope"] = self.scope
+        census = self.type_census
+        if census:
+            row["gguf_types"] = json.dumps(census, separators=(",", ":"))
+        return row
 
 
 def tensor_row(name: str, shape: tuple[int, ...], spec: Any, n_kept_columns: int = 0) -> LedgerRow:
@@ -146,6 +169,7 @@ def build_ledger(
     rows: list[LedgerRow],
     quantized: list[torch.Tensor],
     unquantized_param_bits: int | None = 16,
+    scope: str | None = None,
 ) -> BitLedger:
     """Assemble a ledger from rows of the quantized tensors (identified by object)."""
     q_ids = {id(t) for t in quantized}
@@ -155,7 +179,7 @@ def build_ledger(
         n_params += p.numel()
         if id(p) not in q_ids:
             other += _param_bits(p, unquantized_param_bits)
-    return BitLedger(tuple(rows), n_params, other)
+    return BitLedger(tuple(rows), n_params, other, scope)
 
 
 def ledger_for(
@@ -166,7 +190,13 @@ def ledger_for(
     keep_columns: Mapping[str, torch.Tensor] | None = None,
     unquantized_param_bits: int | None = 16,
 ) -> BitLedger:
-    """The ledger :func:`kscale.quant.quantize_model` would return, without touching weights."""
+    """The ledger :func:`kscale.quant.quantize_model` would return, without touching weights.
+    A per-tensor recipe decides its tensors itself (``module_filter`` does not apply)."""
+    fmt = format_of(spec)
+    if fmt.per_tensor_recipe and not spec.is_baseline:
+        if keep_columns:
+            raise ValueError(f"format {fmt.name} keeps no 16-bit columns (outlier_frac is a blockwise option)")
+        return recipe_ledger(model, spec, unquantized_param_bits)
     modules = quantizable_modules(model, module_filter)
     keep = _check_keep_columns(modules, keep_columns)
     rows, tensors, seen = [], [], set()
@@ -178,3 +208,15 @@ def ledger_for(
         rows.append(tensor_row(name, tuple(weight_matrix(module).shape), spec, n_kept))
         tensors.append(module.weight)
     return build_ledger(model, rows, tensors, unquantized_param_bits)
+
+
+def recipe_ledger(model: nn.Module, spec: Any, unquantized_param_bits: int | None = 16) -> BitLedger:
+    """Ledger of a per-tensor-recipe format: one row per tensor the recipe stores, at its type."""
+    fmt = format_of(spec)
+    rows, tensors = [], []
+    for target in fmt.targets(model, spec):
+        row = tensor_row(target.name, tuple(weight_matrix(target.module).shape), target.config)
+        rows.append(LedgerRow(row.name, row.numel, row.payload_bits, row.constant_bits, row.other_bits,
+                              target.stored_type))
+        tensors.append(target.module.weight)
+    return build_ledger(model, rows, tensors, unquantized_param_bits, scope=fmt.quant_scope)

@@ -17,9 +17,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from kscale.quant.filter import ModuleFilter
-from kscale.quant.formats import fake_quantize_
+from kscale.quant.formats import fake_quantize_, format_of
 from kscale.quant.ledger import BitLedger, _check_keep_columns, ledger_for
-from kscale.quant.modules import quantizable_modules, weight_matrix
+from kscale.quant.modules import QUANTIZABLE_TYPES, quantizable_modules, weight_matrix
 from kscale.quant.spec import QuantSpec
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,10 @@ def quantize_model(
         imatrices: module name -> [in_features] importance matrix, for a format configured to
             use one (GGUF types with ``imatrix=True``; see :func:`kscale.quant.imatrix.importance_matrices`).
 
+    A per-tensor recipe (``format=ftype_q4_k_m``, ...) quantizes the tensors it chooses -- the
+    token embedding and the head included -- each at its own type; ``module_filter`` does not
+    apply (take the snapshot with ``recipes=True``).
+
     Returns:
         The :class:`BitLedger` of the quantized model.
     """
@@ -86,6 +90,8 @@ def quantize_model(
     )
     if spec.is_baseline:
         return ledger
+    if format_of(spec).per_tensor_recipe:
+        return _quantize_recipe(model, spec, ledger, progress, imatrices or {})
     start = time.perf_counter()
     done: set[int] = set()
     for name, module in tqdm(modules.items(), desc=f"rtn {spec.label}", disable=not progress, leave=False):
@@ -101,11 +107,32 @@ def quantize_model(
     return ledger
 
 
+def _quantize_recipe(model: nn.Module, spec, ledger: BitLedger, progress: bool,
+                     imatrices: Mapping[str, torch.Tensor]) -> BitLedger:
+    """Each tensor of a per-tensor recipe at its own type, in its own storage."""
+    targets = format_of(spec).targets(model, spec)
+    for target in tqdm(targets, desc=f"rtn {spec.label}", disable=not progress, leave=False):
+        imatrix = imatrices.get(target.imatrix_from) if target.imatrix_from else None
+        if target.config.imatrix and imatrix is None:
+            raise ValueError(f"format {spec.label}: no importance matrix for {target.imatrix_from} "
+                             f"(tensor {target.name}); compute them with imatrix_for(model, spec, ...)")
+        fake_quantize_(weight_matrix(target.module), target.config, imatrix=imatrix)
+    return ledger
+
+
+def recipe_tensor_modules(model: nn.Module) -> list[nn.Module]:
+    """Every module whose weight a per-tensor recipe may store: all linear layers (the head
+    included) and embeddings, whatever the module filter."""
+    return [m for m in model.modules() if isinstance(m, (*QUANTIZABLE_TYPES, nn.Embedding))]
+
+
 class WeightSnapshot:
     """A copy of the weights that quantization will overwrite, restorable bit for bit.
 
     Keeps one copy of only the selected ``nn.Linear``/``Conv1D`` weights (not embeddings,
     biases or norms), optionally on another device (``device="cpu"`` to spare GPU memory).
+    ``recipes=True`` also keeps the embeddings and the LM head, which the per-tensor recipes
+    (``ftype_*`` formats) quantize.
 
     >>> with WeightSnapshot(model) as snap:          # doctest: +SKIP
     ...     ledger = quantize_model(model, spec)     # evaluate ...
@@ -118,11 +145,15 @@ class WeightSnapshot:
         module_filter: ModuleFilter | None = None,
         *,
         device: str | torch.device | None = None,
+        recipes: bool = False,
     ) -> None:
         self._saved: list[tuple[torch.Tensor, torch.Tensor]] = []
         seen: set[int] = set()
+        modules = list(quantizable_modules(model, module_filter).values())
+        if recipes:
+            modules += recipe_tensor_modules(model)
         with torch.no_grad():
-            for module in quantizable_modules(model, module_filter).values():
+            for module in modules:
                 p = module.weight
                 if id(p) in seen:
                     continue

@@ -97,12 +97,15 @@ def _needs_reference(plan: SweepPlan, todo: list) -> bool:
 
 def _run_cells(plan, model_spec, todo, store, tracker, summary) -> None:
     from kscale.quant import WeightSnapshot
+    from kscale.quant.formats import format_of
 
     ctx = open_job(plan, model_spec, need_reference=_needs_reference(plan, todo))
     name = job_name(ctx.model_spec)
     progress = CellProgress(len(todo), desc=name, enabled=plan.progress)
     try:
-        with WeightSnapshot(ctx.model, ctx.family.module_filter) as snapshot:
+        # a per-tensor recipe (ftype_*) also quantizes the embeddings and the head: keep those too
+        recipes = any(format_of(cell.quant).per_tensor_recipe for cell, _, _ in todo)
+        with WeightSnapshot(ctx.model, ctx.family.module_filter, recipes=recipes) as snapshot:
             for cell, identity, key in todo:
                 progress.start(cell.label)
                 row = _run_one(ctx, cell, identity, key, snapshot)

@@ -30,6 +30,7 @@ from kscale.quant.formats.base import (
 from kscale.quant.formats import blockwise as _blockwise  # noqa: F401  (registers "blockwise")
 from kscale.quant.formats import gguf as _gguf  # noqa: F401  (registers q4_0 ... iq4_xs)
 from kscale.quant.formats import mx as _mx  # noqa: F401  (registers mxfp4 ... nvfp4, gguf_*)
+from kscale.quant.formats import gguf_file as _gguf_file  # noqa: F401  (registers ftype_q2_k_s ... ftype_q8_0)
 
 __all__ = ["DEFAULT_FORMAT", "FORMATS", "StorageFormat", "TensorCost", "fake_quantize", "fake_quantize_",
            "format_of", "pack", "register_format", "resolve_format"]

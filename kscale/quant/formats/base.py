@@ -27,8 +27,8 @@ import torch
 
 from kscale.registry import Registry, did_you_mean
 
-__all__ = ["FORMATS", "DEFAULT_FORMAT", "NamedTypeConfig", "StorageFormat", "TensorCost", "format_of", "kernel_package",
-           "register_format", "resolve_format"]
+__all__ = ["FORMATS", "DEFAULT_FORMAT", "NamedTypeConfig", "StorageFormat", "TensorCost", "TensorTarget", "format_of",
+           "kernel_package", "register_format", "resolve_format"]
 
 #: The format of every cell that names none: the paper's block-wise k-bit types.
 DEFAULT_FORMAT = "blockwise"
@@ -51,6 +51,22 @@ class TensorCost:
     @property
     def total_bits(self) -> int:
         return self.payload_bits + self.constant_bits + self.other_bits
+
+
+@dataclass(frozen=True)
+class TensorTarget:
+    """One weight a per-tensor-recipe format quantizes (:meth:`StorageFormat.targets`).
+
+    ``name``: the module's name; ``module``: the module holding ``weight`` (an ``nn.Linear``,
+    ``Conv1D`` or ``nn.Embedding``); ``config``: the per-tensor format config it is stored in;
+    ``stored_type``: what the file stores (``q6_k``, ``f16``, ...); ``imatrix_from``: the module
+    whose input activations give its importance matrix (None: llama.cpp collects none for it)."""
+
+    name: str
+    module: Any
+    config: Any
+    stored_type: str
+    imatrix_from: str | None = None
 
 
 @dataclass(frozen=True)
@@ -89,6 +105,8 @@ class StorageFormat:
     axes: ClassVar[tuple[str, ...]] = ()
     #: True for formats that choose a type per tensor and also decide embeddings and the head
     per_tensor_recipe: ClassVar[bool] = False
+    #: a per-tensor recipe's ``quant_scope`` row column (what it quantizes, replacing the filter's)
+    quant_scope: ClassVar[str | None] = None
     description: str = ""
 
     # ------------------------------------------------------------------ configuration
@@ -131,6 +149,12 @@ class StorageFormat:
 
     def label(self, config: Any) -> str:
         return str(config.label)
+
+    def targets(self, model: Any, config: Any) -> list[TensorTarget]:
+        """Per-tensor-recipe formats only: every weight of ``model`` the recipe stores, once each
+        (a tied embedding/head once), with its per-tensor config. The ledger, the quantizer, the
+        snapshot and the export ask this instead of the module filter."""
+        raise NotImplementedError(f"format {self.name} is not a per-tensor recipe")
 
     def check_method(self, method: str) -> None:
         """Raise ``ValueError`` if quantization method ``method`` cannot use this format."""

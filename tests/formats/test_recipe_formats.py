@@ -27,11 +27,11 @@ ROOT = Path(__file__).resolve().parents[2]
 TINY_GPT2 = ROOT.parent / "shared" / "data" / "models" / "tiny-gpt2"
 
 
-def _gpt2(n_embd: int = 256, vocab: int = 96, n_layer: int = 2):
+def _gpt2(n_embd: int = 256, vocab: int = 96, n_layer: int = 2, n_positions: int = 16):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    return GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_positions=16, n_embd=n_embd, n_layer=n_layer, n_head=2,
+    return GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_positions=n_positions, n_embd=n_embd, n_layer=n_layer, n_head=2,
                                       bos_token_id=0, eos_token_id=0)).eval()
 
 
@@ -206,7 +206,7 @@ def test_two_cell_sweep_with_a_recipe_format(tmp_path):
     from kscale.sweep import run_plan
 
     model_dir = tmp_path / "gpt2-w32"
-    model = _gpt2(n_embd=32, vocab=50257)
+    model = _gpt2(n_embd=32, vocab=50257, n_positions=64)
     model.config.bos_token_id = model.config.eos_token_id = 50256
     model.save_pretrained(model_dir)
     for f in ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"):

@@ -192,12 +192,14 @@ def crosscheck(model, spec, *, evaluate: Callable[[Any], Mapping[str, float]], m
         kernel: force a backend name; default the first equivalent one.
     """
     from kscale.quant import WeightSnapshot, apply_method
+    from kscale.quant.formats import format_of
 
     name, reason = (kernel, "") if kernel else kernel_for(method, spec)
     if kernel and KERNELS.get(kernel).why_not(method, spec):
         name, reason = None, f"{kernel}: {KERNELS.get(kernel).why_not(method, spec)}"
     cell = {**spec.to_row(), "method": method}
-    with WeightSnapshot(model, module_filter) as snapshot:
+    recipes = format_of(spec).per_tensor_recipe  # a llama.cpp file type also quantizes embeddings/head
+    with WeightSnapshot(model, module_filter, recipes=recipes) as snapshot:
         apply_method(method, model, spec, module_filter=module_filter)
         fake = {k: float(v) for k, v in evaluate(model).items() if isinstance(v, (int, float))}
         snapshot.restore()

@@ -88,6 +88,12 @@ class FormatOffsetFit:
     n_rows: int
     E_known: bool
     dropped: int = 0
+    sizes: dict[str, int] = field(default_factory=dict)
+
+    def comparable(self, min_sizes: int = 2) -> list[str]:
+        """Formats measured at ``min_sizes`` or more sizes: at one size a format's c also holds
+        that size's deviation from the base curve, so it is not a property of the format."""
+        return [f for f in self.offsets if self.sizes.get(f, min_sizes) >= min_sizes]
 
     @property
     def bits_worth(self) -> dict[str, float]:
@@ -100,7 +106,8 @@ class FormatOffsetFit:
     def table(self) -> pd.DataFrame:
         worth = self.bits_worth
         return pd.DataFrame([{"format": f, "c_format": c, "c_low": self.intervals.get(f, (math.nan,) * 2)[0],
-                              "c_high": self.intervals.get(f, (math.nan,) * 2)[1], "bits_worth": worth[f]}
+                              "c_high": self.intervals.get(f, (math.nan,) * 2)[1], "bits_worth": worth[f],
+                              "sizes": self.sizes.get(f)}
                              for f, c in sorted(self.offsets.items(), key=lambda kv: kv[1])])
 
 
@@ -154,9 +161,12 @@ def fit_format_offsets(df: pd.DataFrame, metric: str, *, E: float | None = None,
     dof = max(len(z) - X.shape[1], 1)
     offsets = {reference: 0.0, **{f: float(b) for f, b in zip(formats[1:], beta[2:])}}
     intervals = _bootstrap_offsets(X, z, formats, n_bootstrap, seed)
+    size_col = "n_params" if "n_params" in rows.columns else ("size" if "size" in rows.columns else None)
+    sizes = ({str(f): int(n) for f, n in rows.groupby("format_key")[size_col].nunique().items()}
+             if size_col else {})
     return FormatOffsetFit(metric=metric, reference=reference, a=float(beta[0]), alpha=float(beta[1]), E=e_hat,
                            offsets=offsets, intervals=intervals, residual_sd=math.sqrt(sse / dof),
-                           n_rows=len(z), E_known=E is not None, dropped=dropped)
+                           n_rows=len(z), E_known=E is not None, dropped=dropped, sizes=sizes)
 
 
 def _bootstrap_offsets(X: np.ndarray, z: np.ndarray, formats: list[str], n: int, seed: int

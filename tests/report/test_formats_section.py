@@ -41,3 +41,13 @@ def test_one_format_study_has_no_formats_section(tmp_path):
     only = rows[(rows["format"] == "blockwise") | rows["format"].isna()]
     out = SECTIONS.get("formats")(_study(tmp_path, only))
     assert out.markdown == [] and out.answer is None
+
+
+def test_a_format_measured_at_one_size_is_flagged_not_named_best(tmp_path):
+    rows = _mod._rows(noise_sd=0.002, seed=3)
+    one = rows[(rows["format"] == "nvfp4") & (rows["size"] == "s2")].assign(format="mxfp8_e4m3",
+                                                                            nll_toy=lambda d: d["nll_toy"] - 0.05)
+    out = SECTIONS.get("formats")(_study(tmp_path, pd.concat([rows, one], ignore_index=True)))
+    text = "\n".join(out.markdown)
+    assert "Measured at one size only" in text and "`mxfp8_e4m3`" in text
+    assert out.answer.startswith("Formats: `nvfp4` has the lowest offset")

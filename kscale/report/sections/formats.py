@@ -100,9 +100,15 @@ def _law_markdown(fit) -> list[str]:
              f"α = {fmt(fit.alpha)}, residual SD {fmt(fit.residual_sd)} in ln(L - E), {fit.n_rows} rows; "
              f"reference `{fit.reference}` (c = 0). c < 0 is better; `bits worth` = exp(-c/α): one bit of the format "
              "does what that many bits of the reference do. Intervals: 95 % bootstrap over rows.", "",
-             "| format | c_format | 95 % interval | bits worth |", "|---|---|---|---|"]
+             "| format | c_format | 95 % interval | bits worth | sizes |", "|---|---|---|---|---|"]
     for r in fit.table().itertuples():
-        lines.append(f"| {r.format} | {fmt(r.c_format)} | [{fmt(r.c_low)}, {fmt(r.c_high)}] | {fmt(r.bits_worth)} |")
+        lines.append(f"| {r.format} | {fmt(r.c_format)} | [{fmt(r.c_low)}, {fmt(r.c_high)}] | {fmt(r.bits_worth)} "
+                     f"| {r.sizes} |")
+    single = sorted(set(fit.offsets) - set(fit.comparable()))
+    if single:
+        lines.append(f"\nMeasured at one size only (its rows elsewhere failed or were not run): "
+                     f"{', '.join(f'`{f}`' for f in single)}; such a c also holds that size's deviation from the "
+                     "base curve, so it is not compared in the answer.")
     if fit.dropped:
         lines.append(f"\n({fit.dropped} rows at or below E left out of the law.)")
     return lines + [""]
@@ -110,6 +116,7 @@ def _law_markdown(fit) -> list[str]:
 
 def _answer(fit, ranking) -> str:
     table = fit.table()
+    table = table[table["format"].isin(fit.comparable())]
     best = table.iloc[0]
     wins = ranking.table[ranking.table["rank"] == 1]["format"].value_counts()
     most = f"; first at {wins.iloc[0]} of {ranking.table['budget'].nunique()} budgets: `{wins.index[0]}`" if len(wins) else ""

@@ -21,8 +21,8 @@ from kscale.sweep.plan import SweepPlan
 from kscale.sweep.preemption import preemption_guard
 from kscale.sweep.progress import CellProgress
 from kscale.sweep.provenance import git_sha, now, provenance_static
-
 from kscale.tracking import make_tracker
+
 log = logging.getLogger(__name__)
 
 __all__ = ["CellErrors", "JobSummary", "cell_identity", "git_sha", "job_name", "model_identity",

@@ -338,6 +338,9 @@ def build_plan(cfg: Any) -> SweepPlan:
     if unknown:
         raise ConfigError(f"invalid override {unknown[0]}: not a sweep setting (a typo?)."
                           f"{did_you_mean(unknown[0], SWEEP_KEYS)} Settings: {', '.join(SWEEP_KEYS)}")
+    for key in BOOL_SETTINGS:
+        if key in c:
+            check_bool(key, c[key])
     _check_axis_values(c)
     # None is a value of blocksize (one constant per row) and exponent_bits (the type's default)
     axes = {axis: c[axis] for axis in QUANT_AXES
@@ -358,9 +361,6 @@ def build_plan(cfg: Any) -> SweepPlan:
         choice = _hydra_choice(cfg, group)
         if choice:
             config.setdefault("choices", {})[group] = choice
-    for key in BOOL_SETTINGS:
-        if key in c:
-            check_bool(key, c[key])
     return SweepPlan(
         name=name, results_dir=results_dir, models=tuple(models), cells=tuple(cells), eval=ev,
         data_dir=data_dir, cache_dir=cache_dir, rerun=bool(c.get("rerun", False)),

@@ -154,3 +154,21 @@ def test_training_tokens_notebook(kernel_env, monkeypatch):
     # the toy study shows it: low-bit degradation grows with training tokens at fixed size
     assert re.search(r"qid: degradation grows with training tokens", _text(_tagged(nb, "trend")))
     assert _n_images(_tagged(nb, "threshold")) == 1 and "ΔL = 0.05 nats" in _text(_tagged(nb, "threshold"))
+
+
+FORMATS_STUDY = ROOT / "results" / "toy-formats"
+
+
+@pytest.mark.slow
+def test_formats_notebook(kernel_env, monkeypatch):
+    assert (FORMATS_STUDY / "rows").is_dir(), f"the committed study is missing: {FORMATS_STUDY}"
+    nb = _execute("04-formats.ipynb", monkeypatch)
+    _assert_clean_run(nb)
+    assert "study: toy-formats" in _text(_tagged(nb, "setup"))
+    # the toy rungs' rows of 16/24/48 values: MX formats cannot store them, GGUF types keep them in F16
+    stored = _text(_tagged(nb, "stored"))
+    assert "86 cells ok, 26 not storable" in stored and "a row of 16 is not a multiple" in stored
+    assert "12.1667" in stored  # q4_0 on L2-d16: two thirds of the weights in F16
+    assert "alpha = " in _text(_tagged(nb, "offsets")) and "known" in _text(_tagged(nb, "offsets"))
+    assert "P(best)" in _text(_tagged(nb, "ranking"))
+    assert _n_images(_tagged(nb, "figure")) == 1

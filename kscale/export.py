@@ -7,10 +7,10 @@ Every parameter tensor goes into the file once (tied weights once): the quantize
 matrices as the bytes their format stores (``StorageFormat.pack``), every other parameter as
 F16. GGUF formats (llama.cpp's block types ``q4_0 ... iq4_xs``, its file types ``ftype_q4_k_m``,
 ... -- each tensor at its recipe type, token embedding and head included -- and
-``gguf_mxfp4``/``gguf_nvfp4``) are written with ``gguf``'s ``GGUFWriter``, each quantized tensor tagged with the ggml type it is
-stored in (a fallback type, or F16, where its rows do not block); all other formats as
-safetensors holding one uint8 tensor of packed codes and constants per quantized matrix
-(metadata: format, config, logical shapes). 8 x the tensor bytes in the file equals the ledger's
+``gguf_mxfp4``/``gguf_nvfp4``) are written with ``gguf``'s ``GGUFWriter``, each quantized tensor
+tagged with the ggml type it is stored in (a fallback type, or F16, where its rows do not block);
+all other formats as safetensors holding one uint8 tensor of packed codes and constants per
+quantized matrix (metadata: format, config, logical shapes). 8 x the tensor bytes in the file equals the ledger's
 ``total_bits`` for the same model, format and module filter (checked after writing).
 
 The GGUF file is a container for the bits, not a llama.cpp model: tensors keep their Hugging Face

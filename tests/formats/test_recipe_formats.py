@@ -18,7 +18,7 @@ import torch
 
 pytest.importorskip("kscale.quant.gguf", reason="the GGUF kernels have not landed")
 from kscale.quant import WeightSnapshot, quantize_model  # noqa: E402
-from kscale.quant.formats import FORMATS, fake_quantize  # noqa: E402
+from kscale.quant.formats import FORMATS, fake_quantize, pack  # noqa: E402
 from kscale.quant.gguf.recipes import FILE_TYPES, UNQUANTIZED, recipe_for_torch_model  # noqa: E402
 from kscale.quant.ledger import ledger_for  # noqa: E402
 from kscale.quant.modules import weight_matrix  # noqa: E402
@@ -31,8 +31,9 @@ def _gpt2(n_embd: int = 256, vocab: int = 96, n_layer: int = 2, n_positions: int
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    return GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_positions=n_positions, n_embd=n_embd, n_layer=n_layer, n_head=2,
-                                      bos_token_id=0, eos_token_id=0)).eval()
+    config = GPT2Config(vocab_size=vocab, n_positions=n_positions, n_embd=n_embd, n_layer=n_layer, n_head=2,
+                        bos_token_id=0, eos_token_id=0)
+    return GPT2LMHeadModel(config).eval()
 
 
 def _llama(n_layers: int = 8):
@@ -174,8 +175,10 @@ def test_imatrix_goes_to_the_types_that_take_one_and_the_tied_head():
 
 
 def test_one_tensor_entry_points_explain_the_recipe():
-    with pytest.raises(ValueError, match="per-tensor recipe.*q4_k"):
+    with pytest.raises(ValueError, match="per-tensor recipe.*base type q4_k$"):
         fake_quantize(torch.randn(4, 256), "ftype_q4_k_m")
+    with pytest.raises(ValueError, match="base type q8_0$"):
+        pack(torch.randn(4, 256), "ftype_q8_0")
     with pytest.raises(KeyError, match="Did you mean"):
         FORMATS.get("ftype_q4_k_n")
 

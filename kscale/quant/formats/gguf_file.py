@@ -117,6 +117,7 @@ class GGUFFileFormat(StorageFormat):
 
     def __init__(self, file_type: str, base_type: str) -> None:
         self.name = FTYPE_PREFIX + file_type
+        self.base_type = base_type
         self.axes = ("imatrix",) if _takes_imatrix(base_type) else ()
         self.description = f"llama.cpp file type {file_type.upper()} (base {base_type}, per-tensor recipe)"
 
@@ -129,7 +130,7 @@ class GGUFFileFormat(StorageFormat):
     def _single(self, what: str):
         return ValueError(f"format {self.name} is a per-tensor recipe: a tensor's type depends on its role "
                           f"and layer, so {what} needs the model (quantize_model, ledger_for, kscale.export); "
-                          f"for one tensor use a GGUF type such as {self.name.split('_', 1)[1].rsplit('_', 1)[0]}")
+                          f"for one tensor use its base type {self.base_type}")
 
     def fake_quantize_(self, w, config, **_: Any):
         raise self._single("fake quantization")
@@ -165,9 +166,6 @@ class GGUFFileFormat(StorageFormat):
                                            imatrix=config.imatrix and _takes_imatrix(gtype) and user is not None)
             out.append(TensorTarget(name, module, tensor_config, gtype, user if tensor_config.imatrix else None))
         return out
-
-    def row(self, config: GGUFFileConfig) -> dict[str, Any]:
-        return dict(config.to_row())
 
 
 def _linear_users(model: nn.Module) -> dict[int, str]:

@@ -121,6 +121,11 @@ class ToyProvider:
         the sweep writes it into every toy row as ``entropy_rate``."""
         return entropy_rate(options)
 
+    def row_columns(self, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Columns every row of this build carries: the training precision (``train_bits_w``,
+        ``train_bits_a``, ``train_bits_kv``, ``qat_from``; 16/16/16/0 = full precision)."""
+        return ToyOptions.from_mapping(options).precision.to_row()
+
     def revisions(self, options: Mapping[str, Any] | None = None) -> list[str]:
         """The revision names every rung has (fewest tokens first; the last is the final checkpoint)."""
         return list(ToyOptions.from_mapping(options).revisions())
@@ -258,6 +263,7 @@ def train_checkpoint(size: str, opts: ToyOptions, out_dir: Path, *, source=None)
         d_model=shape.d_model, device=opts.device, progress=opts.progress, desc=f"toy {size}",
         num_threads=opts.threads,
         snapshots={step: partial(save_snapshots, step) for step in at_step},
+        step_context=None if opts.precision.is_full else opts.precision.forward,
     )
     snapshots[opts.final_revision] = {"step": result.steps, "n_tokens": result.n_tokens}
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -276,6 +282,8 @@ def train_checkpoint(size: str, opts: ToyOptions, out_dir: Path, *, source=None)
         "train": opts.train.to_dict(), "text_path": opts.text_path, "max_vocab": opts.max_vocab,
         "shape": asdict(shape),
     }
+    if not opts.precision.is_full:  # quantized training (full precision: the files as before it existed)
+        options["train_precision"] = stats["train_precision"] = opts.precision.to_row()
     (out_dir / "toy_options.json").write_text(json.dumps(options, indent=2))
     # written last: its presence marks a complete checkpoint
     (out_dir / "train_stats.json").write_text(json.dumps(stats, indent=2))

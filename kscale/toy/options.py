@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from kscale.toy.language import LanguageSpec
+from kscale.toy.lowbit import OPTION_DEFAULTS as PRECISION_OPTIONS
+from kscale.toy.lowbit import TrainPrecision
 from kscale.toy.reproducible import numerics_key
 from kscale.toy.train import ARCHITECTURES, ToyShape, TrainSpec
 
@@ -89,6 +91,9 @@ class ToyOptions:
         snapshots: checkpoints kept over training per rung, the final one included (the token
             budget halved ``snapshots - 1`` times: 6 -> 1/32 .. 1 of the budget; 1 = final only);
             not in the cache key (snapshots do not change the final weights).
+        precision: :class:`~kscale.toy.lowbit.TrainPrecision` from the top-level options
+            ``train_bits_w``, ``train_bits_a``, ``train_bits_kv`` and ``qat_from`` (quantized
+            training); in the cache key only when below 16 bits, so full precision keeps its key.
     """
 
     architecture: str = "gpt2"
@@ -106,19 +111,22 @@ class ToyOptions:
     progress: bool = True
     num_threads: int | None = None
     snapshots: int = 6
+    precision: TrainPrecision = field(default_factory=TrainPrecision)
 
     @classmethod
     def from_mapping(cls, options: Mapping[str, Any] | None) -> ToyOptions:
         """Parse ``provider_options``; ``TrainSpec`` fields may be given at the top level."""
         options = dict(options or {})
         train_keys = {f.name for f in fields(TrainSpec)}
-        own_keys = {f.name for f in fields(cls)} - {"train"}
+        own_keys = ({f.name for f in fields(cls)} - {"train", "precision"}) | set(PRECISION_OPTIONS)
         unknown = set(options) - train_keys - own_keys
         if unknown:
             raise ValueError(
                 f"unknown toy provider option(s) {sorted(unknown)}; allowed: {sorted(train_keys | own_keys)}"
             )
         train = TrainSpec(**{k: options.pop(k) for k in list(options) if k in train_keys})
+        options["precision"] = TrainPrecision.from_options(
+            {k: options.pop(k) for k in list(options) if k in PRECISION_OPTIONS})
         lang = options.pop("language", None) or {}
         if not isinstance(lang, LanguageSpec):
             lang_keys = {f.name for f in fields(LanguageSpec)}
@@ -150,8 +158,9 @@ class ToyOptions:
 
     def to_mapping(self) -> dict[str, Any]:
         """Plain JSON-able ``provider_options`` that :meth:`from_mapping` turns back into these options."""
-        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("train", "language", "ladder")}
-        return {**out, **self.train.to_dict(), "language": self.language.to_dict(),
+        out = {f.name: getattr(self, f.name) for f in fields(self)
+               if f.name not in ("train", "language", "ladder", "precision")}
+        return {**out, **self.train.to_dict(), **self.precision.to_options(), "language": self.language.to_dict(),
                 "ladder": {k: asdict(v) for k, v in self.ladder.items()}}
 
     def revisions(self) -> dict[str, int]:
@@ -192,6 +201,8 @@ class ToyOptions:
             "seed": self.seed,
             "numerics": numerics_key(self.device, self.threads),
         }
+        if not self.precision.is_full:  # full precision: the key it had before quantized training existed
+            payload["train_precision"] = self.precision.key()
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
     def shape(self, size: str) -> ToyShape:

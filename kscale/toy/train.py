@@ -15,6 +15,7 @@ touches no random state, so the final weights are bit-identical with or without 
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -205,6 +206,7 @@ def train_model(
     desc: str = "train",
     num_threads: int | None = None,
     snapshots: Mapping[int, Callable[[torch.nn.Module], None]] | None = None,
+    step_context: Callable[[torch.nn.Module, int, int], contextlib.AbstractContextManager] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place for ``tokens_per_param * n_params`` tokens; returns the statistics.
 
@@ -217,6 +219,10 @@ def train_model(
     1.3-1.5x for the two largest (L4-d48: 148 -> 100 ms/step), but on an *oversubscribed*
     machine OpenMP threads that spin-wait for each other made steps up to ~10x slower; pass
     ``num_threads=1`` when sharing the machine with other CPU-heavy jobs.
+
+    ``step_context(model, step, steps)`` returns the context each optimizer step's forward and
+    backward run in (quantized training, :meth:`kscale.toy.lowbit.TrainPrecision.forward`);
+    None = plain full-precision steps.
     """
     old_threads = torch.get_num_threads()
     if num_threads is None:
@@ -225,12 +231,13 @@ def train_model(
         torch.set_num_threads(num_threads)
     try:
         return _train(model, batches, spec, batch_size=batch_size, d_model=d_model, device=device,
-                      progress=progress, desc=desc, snapshots=dict(snapshots or {}))
+                      progress=progress, desc=desc, snapshots=dict(snapshots or {}), step_context=step_context)
     finally:
         torch.set_num_threads(old_threads)
 
 
-def _train(model, batches, spec, *, batch_size, d_model, device, progress, desc, snapshots) -> TrainResult:
+def _train(model, batches, spec, *, batch_size, d_model, device, progress, desc, snapshots,
+           step_context=None) -> TrainResult:
     from tqdm.auto import tqdm
 
     n = n_params(model)
@@ -256,9 +263,10 @@ def _train(model, batches, spec, *, batch_size, d_model, device, progress, desc,
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, peak, spec)
         ids = torch.from_numpy(batch).to(device)
-        loss = model(input_ids=ids, labels=ids).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
+        with step_context(model, step, steps) if step_context else contextlib.nullcontext():
+            loss = model(input_ids=ids, labels=ids).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
         opt.step()
         losses.append(float(loss.detach()))

@@ -36,12 +36,12 @@ def _gpt2(n_embd: int = 256, vocab: int = 96, n_layer: int = 2, n_positions: int
     return GPT2LMHeadModel(config).eval()
 
 
-def _llama(n_layers: int = 8):
+def _llama(n_layers: int = 8, tied: bool = False):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(1)
     config = LlamaConfig(vocab_size=64, hidden_size=256, intermediate_size=512, num_hidden_layers=n_layers,
-                         num_attention_heads=4, num_key_value_heads=1, tie_word_embeddings=False,
+                         num_attention_heads=4, num_key_value_heads=1, tie_word_embeddings=tied,
                          max_position_embeddings=32)
     return LlamaForCausalLM(config).eval()
 
@@ -73,8 +73,10 @@ def _targets(model, file_type: str, **options) -> dict[str, str]:
 
 @pytest.mark.parametrize("file_type", list(FILE_TYPES))
 def test_each_tensor_gets_the_recipe_type_embeddings_and_head_included(gpt2, llama, file_type):
-    for model in (gpt2, llama):
+    tied_llama = _llama(n_layers=2, tied=True)  # recipes.py itself lists the tied tensor once
+    for model in (gpt2, llama, tied_llama):
         assert _targets(model, file_type) == _expected_types(model, file_type)
+    assert "lm_head" not in _targets(tied_llama, file_type)
     llama_types = _targets(llama, file_type)
     assert "model.embed_tokens" in llama_types and "lm_head" in llama_types  # untied: both stored
     assert "lm_head" not in _targets(gpt2, file_type)  # tied: once, as the embedding

@@ -16,6 +16,7 @@ import pandas as pd
 
 from kscale import plots
 from kscale.fit import DEFAULT_THRESHOLD
+from kscale.fit.formats import weights_only
 from kscale.report.checkpoints import final_checkpoints, has_token_axis
 from kscale.report.inputs import AUTO_LAW, ReportError, check_law, choose_metric, check_metric, metric_columns
 
@@ -70,7 +71,8 @@ class FamilyContext:
 
     Attributes:
         family: the family name (``toy``, ``opt`` ...); ``tag``: its file-name prefix.
-        rows: all of the family's rows; ``law_rows``: each size's last checkpoint (= ``rows``
+        rows: all of the family's rows; ``weight_rows``: ``law_rows`` with act_bits = kv_bits = 16 (what
+            the loss laws are fitted to); ``law_rows``: each size's last checkpoint (= ``rows``
             without a training-token axis), what the size laws and the frontier read.
         metric: the column analysed for this family.
         known_E: the exact irreducible loss in the metric's units, when known (toy entropy rate).
@@ -84,6 +86,10 @@ class FamilyContext:
         self.rows = rows.reset_index(drop=True)
         self.token_axis = has_token_axis(self.rows)
         self.law_rows = final_checkpoints(self.rows) if self.token_axis else self.rows
+        # the weight law is fitted on weights-only cells: a W4A8 cell shares a W4 cell's weight bits
+        # but not its loss, and a law over both would read activation error as a weight effect
+        self.weight_rows = weights_only(self.law_rows)
+        self.n_runtime_rows = len(self.law_rows) - len(self.weight_rows)
         self.metric = metric
         self.n_sizes = _n_sizes(self.law_rows[self.law_rows["status"].astype(str) == "ok"]
                                 if "status" in self.law_rows.columns else self.law_rows)

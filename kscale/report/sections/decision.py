@@ -67,7 +67,7 @@ def decision_section(ctx: FamilyContext) -> SectionOutput:
                   f"[{bits_label(r['bits_lo'])}, {bits_label(r['bits_hi'])}] | "
                   + " | ".join(f"{r[c]:.2f}" for c in pcols) + " |")
     md.append("")
-    check = form_check(fit, boot, ctx.law_rows, ctx.metric)
+    check = form_check(fit, boot, ctx.weight_rows, ctx.metric)
     full, lo, hi = check.effect
     if np.isfinite(full):
         md += [f"Precision effect under the law at the largest measured size (spread across k at equal size): "
@@ -103,7 +103,7 @@ def answer_sentence(ctx: FamilyContext, dec: pd.DataFrame, budgets, boot, check:
                      + (f" and its precision effect by {pct(score.effect_error)}" if np.isfinite(score.effect_error) else "")
                      + ".")
     sentence += " " + choice.why
-    alt = [p for p in (point_decisions(ctx.law_rows, law, metric, budgets) for law in choice.others) if p]
+    alt = [p for p in (point_decisions(ctx.weight_rows, law, metric, budgets) for law in choice.others) if p]
     if alt:
         sentence += " The other laws' point fits say: " + "; ".join(alt) + "."
     return sentence

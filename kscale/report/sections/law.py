@@ -35,7 +35,7 @@ class LawChoice:
 def law_choice(ctx: FamilyContext) -> LawChoice:
     """Compare the loss laws on the held-out largest size(s) and choose one (cached per family)."""
     def make() -> LawChoice:
-        sub, requested = ctx.law_rows, ctx.options.law
+        sub, requested = ctx.weight_rows, ctx.options.law
         candidates = [n for n in loss_laws() if all(c in sub.columns for c in LAWS.get(n).needs)
                       and (not LAWS.get(n).varies_any or any(sub[c].nunique() > 1 for c in LAWS.get(n).varies_any))]
         if requested != AUTO_LAW and requested not in candidates:
@@ -49,7 +49,7 @@ def law_choice(ctx: FamilyContext) -> LawChoice:
 
 def law_fit(ctx: FamilyContext) -> FitOutcome:
     """The chosen law fitted to the family's rows, with its bootstrap (cached)."""
-    return fit_and_bootstrap(ctx, ctx.law_rows, law_choice(ctx).law, ctx.metric, "law_rows")
+    return fit_and_bootstrap(ctx, ctx.weight_rows, law_choice(ctx).law, ctx.metric, "weight_rows")
 
 
 def applies(ctx: FamilyContext) -> bool:
@@ -76,6 +76,10 @@ def law_section(ctx: FamilyContext) -> SectionOutput:
     ctx.study.laws_used[ctx.family] = chosen
     md += ["### Which law", "", "Each registered law is fitted without the largest size and scored on predicting it "
            "(the honest test of a scaling law: it is a claim about models nobody measured). " + choice.why, ""]
+    if ctx.n_runtime_rows:
+        md += [f"The laws are fitted on the weights-only cells (act_bits = kv_bits = 16); the {ctx.n_runtime_rows} "
+               "cells with quantized activations or KV cache share those weight bits but not their loss, and are "
+               "left out of every fit here.", ""]
     md += law_table(list(choice.scores), chosen, metric)
     res = law_fit(ctx)
     if res.error:

@@ -156,3 +156,27 @@ def test_bad_training_precision_is_one_clear_error(options, message):
 def test_rows_carry_training_precision():
     assert ToyProvider().row_columns({}) == {"train_bits_w": 16, "train_bits_a": 16, "train_bits_kv": 16, "qat_from": 0.0}
     assert ToyProvider().row_columns({"train_bits_kv": 4, "qat_from": 0.25})["train_bits_kv"] == 4
+
+
+@pytest.mark.slow  # one sweep of the smallest rung, trained at w4/kv8 (~45 s)
+def test_sweep_rows_of_a_low_precision_rung_carry_its_training_precision(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from kscale.results import load_results
+
+    root = Path(__file__).resolve().parents[2]
+    args = ["model.sizes=[L1-d4]", "model.provider_options.tokens_per_param=2", "+model.provider_options.train_bits_w=4",
+            "+model.provider_options.train_bits_kv=8", "eval.perplexity=[{dataset:toy,max_tokens:1024}]",
+            "progress=false", "bits=[4,16]", "dtype=[int]", f"results_dir={tmp_path}", "name=slice"]
+    proc = subprocess.run([sys.executable, str(root / "run_sweep.py"), *args], cwd=root, capture_output=True,
+                          text=True, timeout=600, env=dict(os.environ, HYDRA_FULL_ERROR="0"))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    df = load_results(tmp_path / "slice")
+    assert len(df) == 2 and (df["status"] == "ok").all()
+    assert set(df["train_bits_w"]) == {4} and set(df["train_bits_a"]) == {16} and set(df["train_bits_kv"]) == {8}
+    assert set(df["qat_from"]) == {0.0}
+    # the variant is another model: its options (and so its row keys) name the training precision
+    assert all('"train_bits_w":4' in m for m in df["model_options"])

@@ -102,3 +102,30 @@ PRECISION = register_law(Law(
     "They fit γ_w ≈ 2.67, γ_a ≈ 2.21, γ_kv ≈ 0.96 with offsets (App. K) and find 7-8 training bits "
     "compute-optimal.",
 ))
+
+
+def capacity_per_bit(params, bits):
+    """N_eff / (N · P) with all three parts trained at P bits: what a parameter-bit buys.
+
+    Under Kumar et al.'s cost model (training compute ∝ N · D · P, "bit-FLOPs", §4.3) the
+    pre-training loss at a budget C is A·(C·g(P)/D)^−α + B·D^−β + E with g(P) = this quantity,
+    so the compute-optimal training precision maximises g whatever C is (the paper's "roughly
+    independent of compute"). ``params`` maps γ_w, γ_a, γ_kv to numbers or arrays (bootstrap).
+    """
+    import numpy as np
+
+    bits = np.asarray(bits, dtype=float)
+    out = 1.0 / bits
+    for gamma in TRAIN_BITS.values():
+        out = out * -np.expm1(-bits / np.asarray(params[gamma], dtype=float)[..., None])
+    return out
+
+
+def compute_optimal_training_bits(params, *, lo: float = 1.0, hi: float = 16.0, n: int = 1501):
+    """The training precision (all of w, a, kv at P bits, P on a grid of ``n`` points in [lo, hi])
+    minimising the pre-training loss at any fixed budget of bits × FLOPs (N · D · P); an array
+    of them when ``params`` holds bootstrap arrays."""
+    import numpy as np
+
+    grid = np.linspace(lo, hi, n)
+    return grid[np.argmax(capacity_per_bit(params, grid), axis=-1)]

@@ -104,3 +104,23 @@ def test_precision_law_bootstrap_interval_covers_gamma_kv(fitted):
     lo, hi = boot.intervals(0.95)["gamma_kv"]
     assert lo < TRUTH["gamma_kv"] < hi and hi - lo < 1.0
     assert np.isfinite(boot.samples).all()
+
+
+def test_compute_optimal_training_bits_matches_a_brute_force_search():
+    """At a fixed N·D·P budget, minimising the law's pre-training loss over N and P by brute force
+    finds the precision that maximises N_eff/(N·P), for two different budgets (budget-free)."""
+    from kscale.fit.precision import compute_optimal_training_bits
+
+    t = dict(TRUTH, gamma_w=2.7, gamma_a=2.2, gamma_kv=1.0)
+    best = compute_optimal_training_bits(t)
+    bits = np.linspace(1, 16, 1501)
+    for budget in (1e13, 1e16):
+        n = np.geomspace(1e2, 1e9, 1400)[:, None]
+        d = budget / (n * bits[None, :])
+        loss = reference_loss(t, n, d, bits[None, :], bits[None, :], bits[None, :], 16.0)  # no PTQ at 16
+        _, j = np.unravel_index(np.argmin(loss), loss.shape)
+        assert bits[j] == pytest.approx(best, abs=0.05), budget
+    assert 3.0 < best < 5.0
+    # bootstrap arrays give one optimum per resample
+    arr = compute_optimal_training_bits({k: np.array([2.7, 5.4]) for k in ("gamma_w", "gamma_a", "gamma_kv")})
+    assert arr.shape == (2,) and arr[1] == pytest.approx(2 * arr[0], abs=0.02)

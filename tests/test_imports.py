@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import kscale
 
 SCRIPT = r"""
@@ -65,9 +67,7 @@ def test_no_import_circle_between_kscale_packages():
     """Imports inside functions count too: a circle hidden in a function body is still a circle
     (data/corpus -> toy -> data/corpus was one, through a plug-in import). Plug-ins are imported
     by name (kscale.registry.PLUGIN_MODULES), which is not an import statement."""
-    root = Path(kscale.__file__).parent
-    modules = {".".join(p.relative_to(root.parent).with_suffix("").parts).removesuffix(".__init__"): p
-               for p in root.rglob("*.py")}
+    modules = _module_paths()
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
         if name == "kscale":  # the lazy top-level namespace re-exports everything by design
@@ -107,3 +107,82 @@ def test_torch_free_modules_import_without_torch():
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "[]", f"imported torch/transformers at import time: {proc.stdout}"
+
+
+def _module_paths() -> dict[str, Path]:
+    root = Path(kscale.__file__).parent
+    return {".".join(p.relative_to(root.parent).with_suffix("").parts).removesuffix(".__init__"): p
+            for p in root.rglob("*.py")}
+
+
+def _imported_modules(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """The kscale modules a source file names in an import, anywhere in it (relative imports
+    resolved; ``from kscale.quant import gguf`` names the submodule ``kscale.quant.gguf``)."""
+    import ast
+
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1])
+                base = f"{anchor}.{base}" if base else anchor
+            found.update(f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+    return {m for m in found if m in modules and m != name}
+
+
+def _module_circle(package: str) -> str | None:
+    """One circle between the modules of ``package`` (function-level imports count, as above:
+    they only move the circle to call time), or None."""
+    modules = _module_paths()
+    inside = {n: p for n, p in modules.items() if _package(n) == package}
+    graph = {n: {t for t in _imported_modules(n, p, modules) if t in inside} for n, p in inside.items()}
+    done: set[str] = set()
+
+    def walk(node: str, trail: tuple[str, ...]) -> tuple[str, ...] | None:
+        if node in trail:
+            return trail[trail.index(node):] + (node,)
+        if node in done:
+            return None
+        for nxt in sorted(graph[node]):
+            if found := walk(nxt, trail + (node,)):
+                return found
+        done.add(node)
+        return None
+
+    for start in sorted(graph):
+        if circle := walk(start, ()):
+            return " -> ".join(circle)
+    return None
+
+
+#: Known circles, shown as strict xfails so they stay visible and the mark goes once one is fixed:
+#: kscale.toy is being reworked elsewhere (sources imports options too), so it is recorded, not fixed.
+_KNOWN_MODULE_CIRCLES = {"kscale.toy": "ladder -> options -> reproducible -> (in a function) ladder: "
+                                       "issue 21 §5, left while toy is reworked"}
+
+
+@pytest.mark.parametrize("package", sorted({_package(n) for n in _module_paths()} - {"kscale"}))
+def test_no_import_circle_between_modules_of_a_package(package, request):
+    if package in _KNOWN_MODULE_CIRCLES:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=_KNOWN_MODULE_CIRCLES[package]))
+    circle = _module_circle(package)
+    assert circle is None, f"import circle inside {package}: {circle}"
+
+
+def test_module_circle_check_finds_a_circle_hidden_in_a_function(tmp_path, monkeypatch):
+    """The check itself: a -> b at the top, b -> a inside a function is a circle."""
+    pkg = tmp_path / "kscale" / "demo"
+    pkg.mkdir(parents=True)
+    (tmp_path / "kscale" / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from kscale.demo.b import f\n")
+    (pkg / "b.py").write_text("def f():\n    from . import a\n    return a\n")
+    monkeypatch.setattr(kscale, "__file__", str(tmp_path / "kscale" / "__init__.py"))
+    assert _module_circle("kscale.demo") in ("kscale.demo.a -> kscale.demo.b -> kscale.demo.a",
+                                             "kscale.demo.b -> kscale.demo.a -> kscale.demo.b")
+    (pkg / "b.py").write_text("def f():\n    return 1\n")
+    assert _module_circle("kscale.demo") is None

@@ -167,7 +167,7 @@ def test_formats_notebook(kernel_env, monkeypatch):
     assert "study: toy-formats" in _text(_tagged(nb, "setup"))
     # the toy rungs' rows of 16/24/48 values: MX formats cannot store them, GGUF types keep them in F16
     stored = _text(_tagged(nb, "stored"))
-    assert "86 cells ok, 26 not storable" in stored and "a row of 16 is not a multiple" in stored
+    assert "126 cells ok, 26 not storable" in stored and "a row of 16 is not a multiple" in stored
     assert "12.1667" in stored  # q4_0 on L2-d16: two thirds of the weights in F16
     assert "alpha = " in _text(_tagged(nb, "offsets")) and "known" in _text(_tagged(nb, "offsets"))
     assert "P(best)" in _text(_tagged(nb, "ranking"))

@@ -23,6 +23,7 @@ import pandas as pd
 
 from kscale.fit.core import higher_is_better
 from kscale.fit.noise import se_column
+from kscale.fit.paired_noise import difference_noise, paired_se_column
 
 log = logging.getLogger(__name__)
 
@@ -144,12 +145,17 @@ def best_per_budget(df: pd.DataFrame, metric: str, budgets: Sequence[float] | No
         One row per (group, budget): ``budget``, ``best_config``, ``best_size``, ``best_n_params``,
         ``best_{cost}``, ``best_value``, ``runner_up_config``, ``runner_up_size``, ``runner_up_value``,
         ``margin`` (≥ 0, in the metric's better direction; NaN without a runner-up); with a
-        ``<metric>_se`` column also ``best_se`` and ``margin_se`` (the two rows' SEs in quadrature).
+        ``<metric>_se`` column also ``best_se``; with any noise column ``margin_se`` and
+        ``margin_noise``: ``"paired"`` when winner and runner-up are cells of one checkpoint and the
+        rows carry the paired SE (``dnll_<data>_se``; two quantized cells: the conservative bound
+        hypot(se1, se2), :mod:`kscale.fit.paired_noise`), else ``"absolute"`` (the two rows'
+        ``<metric>_se`` in quadrature).
     """
     data = _usable(df, metric, cost)
     se = se_column(data, metric)
     if se is not None:
         data = data.assign(**{se: pd.to_numeric(data[se], errors="coerce")})
+    has_noise = se is not None or paired_se_column(data, metric) is not None
     groups = [(None, data)] if by is None else list(data.groupby(by, sort=True))
     rows = []
     for key, g in groups:
@@ -174,8 +180,8 @@ def best_per_budget(df: pd.DataFrame, metric: str, budgets: Sequence[float] | No
                 ru = other.iloc[0]
                 row.update(runner_up_config=ru["_config"], runner_up_size=ru.get("size"),
                            runner_up_value=float(ru[metric]), margin=float(ru["_score"] - best["_score"]))
-                if se is not None:
-                    row["margin_se"] = float(np.hypot(best[se], ru[se]))
+                if has_noise:
+                    row["margin_se"], row["margin_noise"] = difference_noise(best, ru, metric)
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -209,7 +215,8 @@ def frontier_segments(df: pd.DataFrame, metric: str, *, cost: str = "total_bits"
             row = {k: first[k] for k in keys}
             row |= {"budget_from": float(first["budget"]), "budget_to": float(last["budget"]), "n_budgets": len(seg)}
             for c in ("best_config", "best_size", "best_n_params", f"best_{cost}", "best_value",
-                      "runner_up_config", "runner_up_size", "runner_up_value", "margin", "best_se", "margin_se"):
+                      "runner_up_config", "runner_up_size", "runner_up_value", "margin", "best_se", "margin_se",
+                      "margin_noise"):
                 if c in seg.columns:
                     row[c] = (first if c.startswith("best_") else last)[c]
             rows.append(row)
@@ -335,3 +342,25 @@ def compare_precisions(df: pd.DataFrame, metric: str, low_bits: float, high_bits
         noisy = None if within[i] is None or within[j] is None else bool(within[i] or within[j])
         changes.append((float(np.exp(x)), low_bits if d[j] < 0 else high_bits, noisy))
     return PrecisionComparison(low_bits, high_bits, points, tuple(changes))
+
+
+def compare_at_equal_size(df: pd.DataFrame, metric: str, low_bits: float, high_bits: float) -> pd.DataFrame:
+    """Two precisions compared at every model size (checkpoint) where both are measured: each
+    precision's best row there, ``difference`` (low − high in the better direction: < 0 means
+    ``low_bits`` is better), ``se`` and ``noise`` (:func:`kscale.fit.paired_noise.difference_noise`:
+    paired when the rows carry it, as the two cells share a checkpoint and its tokens) and
+    ``within_noise`` (|difference| < ``NOISE_SE`` · se; None when the noise is unknown)."""
+    size = "n_params" if "n_params" in df.columns else "size"
+    data = _usable(df, metric, size)
+    data = data.assign(_score=_score(data[metric], metric), _bits=data["bits"].astype(float))
+    rows = []
+    for n, g in data.groupby(size, sort=True):
+        lo, hi = g[g["_bits"] == float(low_bits)], g[g["_bits"] == float(high_bits)]
+        if lo.empty or hi.empty:
+            continue
+        a, b = lo.loc[lo["_score"].idxmin()], hi.loc[hi["_score"].idxmin()]
+        se, noise = difference_noise(a, b, metric)
+        d = float(a["_score"] - b["_score"])
+        rows.append({size: n, "difference": d, "se": se, "noise": noise,
+                     "within_noise": None if not np.isfinite(se) else bool(abs(d) < NOISE_SE * se)})
+    return pd.DataFrame(rows, columns=[size, "difference", "se", "noise", "within_noise"])

@@ -5,7 +5,10 @@ Three checks, each a sentence the report puts next to the answer:
 * **precision effect not identified**: the law's predicted spread across precisions at equal size
   (the largest measured size) has a bootstrap interval reaching values below the noise, i.e. the fit
   cannot exclude a law that does not distinguish precisions at all (``neff`` with γ → 0, ``offset``
-  with vanishing offsets); the optimal k it then names (the cheapest) comes from the form;
+  with vanishing offsets); the optimal k it then names (the cheapest) comes from the form. The
+  precisions compared there are cells of one checkpoint scored on the same tokens, so the noise is
+  the *paired* SE of their difference when the rows carry it (``dnll_<data>_se``;
+  :mod:`kscale.fit.paired_noise`), else the absolute ``<metric>_se``;
 * **budget-free form**: under the law (``Law.budget_free_optimum``) the optimal k at a budget cannot
   depend on the budget, so a table of budgets repeats one answer by construction;
 * **size pattern in the residuals**: the in-sample residuals averaged per size run beyond
@@ -19,7 +22,8 @@ import numpy as np
 import pandas as pd
 
 from kscale.fit.core import _target
-from kscale.fit.noise import noise_of
+from kscale.fit.noise import noise_of, se_column
+from kscale.fit.paired_noise import NOISE_KIND_WORDS, paired_se_column, pairwise_paired_se
 from kscale.report.text import fmt
 
 #: Mean in-sample log residual of one size beyond this (3 %) is a size pattern (issue 17 §1).
@@ -34,6 +38,7 @@ class FormCheck:
     sentences: tuple[str, ...]
     effect: tuple[float, float, float] = (np.nan, np.nan, np.nan)  # full fit, 2.5 %, 97.5 % (metric units)
     tolerance: float = np.nan
+    noise: str = ""  # which noise the tolerance is, in words
 
 
 def _equal_size_frame(fit, n_params: float) -> pd.DataFrame:
@@ -51,21 +56,40 @@ def _equal_size_frame(fit, n_params: float) -> pd.DataFrame:
 
 def precision_effect_interval(fit, boot, rows: pd.DataFrame, metric: str) -> tuple[float, float, float, float]:
     """(effect, lo, hi, tolerance): the law's spread across precisions at the largest measured size
-    (full fit and 95 % bootstrap interval, metric units) and the noise it must exceed: the rows'
-    evaluation SE there (2 SE) when they carry one, else the fit's own residual scale."""
+    (full fit and 95 % bootstrap interval, metric units) and the noise it must exceed (2 SE of a
+    difference between two cells there, :func:`effect_noise`)."""
     n = float(fit.data["n_params"].astype(float).max())
     frame = _equal_size_frame(fit, n)
     full = float(np.ptp(_target(fit.predict(frame), metric)))
     spread = np.ptp(_target(boot.predict(frame), metric), axis=1) if boot is not None else np.array([full])
     lo, hi = (float(v) for v in np.quantile(spread, [0.025, 0.975]))
-    at = fit.data[fit.data["n_params"].astype(float) == n]
+    return full, lo, hi, effect_noise(fit, rows, metric)[0]
+
+
+def effect_noise(fit, rows: pd.DataFrame, metric: str) -> tuple[float, str]:
+    """(2 SE of a difference between two precisions at the largest fitted size, its words).
+
+    Paired when the rows carry it: the median over pairs of cells of that checkpoint of the paired
+    SE of their difference (a quantized cell against 16-bit: exact; two quantized cells: the
+    conservative bound hypot(se1, se2)). Else the absolute SEs of two cells in quadrature (√2 ×
+    their median); without either, the fit's own residual scale."""
+    n = float(fit.data["n_params"].astype(float).max())
+    at = rows[pd.to_numeric(rows["n_params"], errors="coerce") == n] if "n_params" in rows.columns else rows.iloc[:0]
+    if "status" in at.columns:
+        at = at[at["status"].astype(str) == "ok"]
+    paired = pairwise_paired_se(at, metric)
+    if np.isfinite(paired):
+        return 2.0 * paired, (f"2 {NOISE_KIND_WORDS['paired']} of a difference between two precisions there, "
+                              f"from `{paired_se_column(at, metric)}`; two quantized cells bounded by hypot(se1, se2)")
     se = noise_of(at, metric)
     if se is not None and np.isfinite(se).any():
-        tol = 2.0 * float(np.nanmedian(se))
-    else:
-        level = float(np.median(_target(at[metric].to_numpy(float), metric)))
-        tol = float(np.sqrt(np.mean(fit.residuals() ** 2))) * level
-    return full, lo, hi, tol
+        return 2.0 * np.sqrt(2.0) * float(np.nanmedian(se)), (
+            f"2 {NOISE_KIND_WORDS['absolute']} of a difference (`{se_column(at, metric)}` in quadrature; "
+            "the rows carry no paired SE)")
+    fat = fit.data[fit.data["n_params"].astype(float) == n]
+    level = float(np.median(_target(fat[metric].to_numpy(float), metric)))
+    return (float(np.sqrt(np.mean(fit.residuals() ** 2))) * level,
+            "the fit residual scale; the evaluation noise is unknown")
 
 
 def size_pattern(fit) -> tuple[float, float]:
@@ -84,8 +108,10 @@ def form_check(fit, boot, rows: pd.DataFrame, metric: str) -> FormCheck:
     identified = True
     effect = (np.nan, np.nan, np.nan)
     tol = np.nan
+    noise = ""
     if "n_params" in fit.data.columns and "bits" in fit.data.columns:
         full, lo, hi, tol = precision_effect_interval(fit, boot, rows, metric)
+        noise = effect_noise(fit, rows, metric)[1]
         effect = (full, lo, hi)
         if lo < tol:
             identified = False
@@ -95,7 +121,7 @@ def form_check(fit, boot, rows: pd.DataFrame, metric: str) -> FormCheck:
             sentences.append(
                 f"The precision decision is not identified: at the largest measured size the law's spread across "
                 f"precisions is {fmt(full)} (95% bootstrap interval [{fmt(lo)}, {fmt(hi)}]), and that interval reaches "
-                f"below {fmt(tol)} ({'2 evaluation SE' if _has_se(rows, metric) else 'the fit residual scale; the evaluation noise is unknown'}), "
+                f"below {fmt(tol)} ({noise}), "
                 "where the law no longer distinguishes precisions"
                 + (f" ({'; '.join(params)})" if params else "")
                 + "; the k it names there follows from the form (the cheapest precision wins when precision does "
@@ -109,12 +135,7 @@ def form_check(fit, boot, rows: pd.DataFrame, metric: str) -> FormCheck:
         sentences.append(f"The in-sample residuals have a size pattern: averaged per model size they run from "
                          f"{lo_r:+.1%} to {hi_r:+.1%} (beyond ±{SIZE_PATTERN:.0%}), so the law's shape does not "
                          "follow the measured sizes and its extrapolation carries that misfit.")
-    return FormCheck(identified, tuple(sentences), effect, tol)
-
-
-def _has_se(rows: pd.DataFrame, metric: str) -> bool:
-    se = noise_of(rows, metric)
-    return se is not None and bool(np.isfinite(se).any())
+    return FormCheck(identified, tuple(sentences), effect, tol, noise)
 
 
 def effect_phrase(check: FormCheck) -> str:
@@ -122,5 +143,5 @@ def effect_phrase(check: FormCheck) -> str:
     return f"{fmt(full)} [{fmt(lo)}, {fmt(hi)}]" if np.isfinite(full) else "n/a"
 
 
-__all__ = ["FormCheck", "SIZE_PATTERN", "effect_phrase", "form_check", "precision_effect_interval",
+__all__ = ["FormCheck", "SIZE_PATTERN", "effect_noise", "effect_phrase", "form_check", "precision_effect_interval",
            "size_pattern"]

@@ -49,11 +49,18 @@ def _has_values(df: pd.DataFrame, column: str) -> bool:
     return bool(pd.to_numeric(df[column], errors="coerce").notna().any())
 
 
+#: Column endings that are not a metric to fit: standard errors, and the per-token distribution
+#: summaries of ``kl_<data>`` (median, percentiles, max, the top-k tail bound), the subset values
+#: an early-stopped cell's paired estimate replaced (:func:`kscale.fit.paired_noise.use_paired_estimates`).
+NOT_METRIC_SUFFIXES = ("_stderr", "_se", "_median", "_p90", "_p99", "_max", "_tail", "_subset")
+
+
 def metric_columns(df: pd.DataFrame) -> list[str]:
     """Columns holding a metric (``nll_*``, ``ppl_*``, ``bpb_*``, ``kl_*``, ``dnll_*``, ``acc_*``,
-    ``top1_*``) with values; standard errors (``*_se``, ``*_stderr``) are not metrics."""
+    ``top1_*``) with values; standard errors and distribution summaries (:data:`NOT_METRIC_SUFFIXES`)
+    are not metrics."""
     return [c for c in df.columns if c.split("_", 1)[0] in _METRIC_KINDS and "_" in c
-            and not c.endswith(("_stderr", "_se")) and _has_values(df, c)]
+            and not c.endswith(NOT_METRIC_SUFFIXES) and _has_values(df, c)]
 
 
 def choose_metric(df: pd.DataFrame) -> str:

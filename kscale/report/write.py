@@ -13,6 +13,7 @@ import pandas as pd
 
 from kscale import plots
 from kscale.fit import DEFAULT_THRESHOLD, DegeneratePointsWarning
+from kscale.fit.paired_noise import use_paired_estimates
 from kscale.report.context import ReportOptions, SectionOutput, StudyContext
 from kscale.report.inputs import AUTO_LAW, load_study
 from kscale.report.sections import SECTION_ORDER, SECTIONS
@@ -65,10 +66,12 @@ def write_report(study_dir: str | Path, *, metric: str | None = None, law: str =
     options = ReportOptions(metric=metric, law=law, n_bootstrap=n_bootstrap, seed=seed, known_E=known_E,
                             budgets=tuple(budgets) if budgets else None, n_holdout=n_holdout, threshold=threshold)
     df = load_study(study_dir) if df is None else df
+    # cells stopped early by eval.target_se: their full-set paired estimate, not the subset's mean
+    df, stopped_notes = use_paired_estimates(df)
     study = StudyContext(study_dir, df, options, out_dir)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", DegeneratePointsWarning)
-        report = _write(study)
+        report = _write(study, stopped_notes)
     _say_once(caught)
     return report
 
@@ -87,7 +90,7 @@ def _say_once(caught) -> None:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
-def _write(study: StudyContext) -> Report:
+def _write(study: StudyContext, notes: list[str]) -> Report:
     df, options = study.df, study.options
     n_ok = int((df["status"].astype(str) == "ok").sum()) if "status" in df.columns else len(df)
     metrics = study.metrics
@@ -97,7 +100,7 @@ def _write(study: StudyContext) -> Report:
     first = next(iter(metrics.values()))
     head = [f"# Study summary: {study.study_dir.name}", "",
             f"Metric: {metric_text} ({plots.metric_label(options.metric or first)}); law: `{options.law}`; "
-            f"{len(df)} rows, {n_ok} ok.", ""]
+            f"{len(df)} rows, {n_ok} ok.", ""] + [f"- {n}." for n in notes] + ([""] if notes else [])
     body: list[str] = []
     answers: list[str] = []
     problems: list[str] = list(study.skipped)

@@ -72,7 +72,7 @@ def decision_section(ctx: FamilyContext) -> SectionOutput:
     if np.isfinite(full):
         md += [f"Precision effect under the law at the largest measured size (spread across k at equal size): "
                f"{effect_phrase(check)} in {ctx.metric}'s units; noise it must exceed: {fmt(check.tolerance)} "
-               f"(evaluation noise: {noise_words(ctx.law_rows, ctx.metric)}).", ""]
+               f"({check.noise or 'evaluation noise: ' + noise_words(ctx.law_rows, ctx.metric)}).", ""]
     md += [f"- {s}" for s in check.sentences] + ([""] if check.sentences else [])
     out.answer = answer_sentence(ctx, dec, bl, boot, check)
     return out

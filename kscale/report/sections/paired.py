@@ -18,6 +18,7 @@ from scipy.stats import spearmanr
 
 from kscale import plots
 from kscale.report.context import FamilyContext, SectionOutput
+from kscale.report.inputs import metric_columns
 from kscale.report.text import fmt
 
 #: Below this Spearman ρ, KL does not rank the flips of the cells it is computed over.
@@ -32,8 +33,7 @@ def _cells(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def _datasets(rows: pd.DataFrame) -> list[str]:
-    return sorted(c[3:] for c in rows.columns if c.startswith("kl_") and not c.endswith(("_se", "_stderr"))
-                  and pd.to_numeric(rows[c], errors="coerce").notna().any())
+    return sorted(c[3:] for c in metric_columns(rows) if c.startswith("kl_"))
 
 
 def _dnll(rows: pd.DataFrame, data: str) -> pd.Series | None:

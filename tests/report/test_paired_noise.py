@@ -8,11 +8,11 @@ import math
 import numpy as np
 import pandas as pd
 
-from kscale.fit import fit_law
+from kscale.fit import bootstrap_law, fit_law
 from kscale.fit.paired_noise import difference_noise, use_paired_estimates
 from kscale.pareto import best_per_budget, compare_at_equal_size
 from kscale.report.context import ReportOptions, StudyContext
-from kscale.report.form import effect_noise
+from kscale.report.form import effect_noise, form_check
 from kscale.report.inputs import metric_columns
 from kscale.report.sections.crossovers import crossover_section
 from kscale.report.sections.frontier import frontier_section
@@ -97,14 +97,30 @@ def test_effect_noise_is_the_median_paired_se_of_a_difference_at_the_largest_siz
     assert math.isclose(tol_abs, 2 * math.sqrt(2) * ABS_SE) and "absolute SE" in words_abs
 
 
-def _law_rows(stop_at: int | None = None) -> pd.DataFrame:
-    """Rows of L = 1.5 + 40·N^(-0.3) + 0.5·2^(-k): the row at ``stop_at`` stopped after a 5 % subset
+def test_a_small_precision_effect_is_identified_against_paired_noise_not_against_absolute():
+    """Noise-free rows with a precision effect of 0.1·2^-k nats: the fitted spread at the largest
+    size (~0.004, bootstrap interval above 0.0036) clears 2 paired SE of a difference (0.0024) but not
+    2 absolute SE of one (2·√2·0.012 = 0.034)."""
+    rows = _law_rows(effect=0.1)
+    fit = fit_law(rows, "offset", y="nll_toy", warn=False)
+    boot = bootstrap_law(fit, n_resamples=100, seed=0)
+    paired = form_check(fit, boot, rows, "nll_toy")
+    absolute = form_check(fit, boot, rows.drop(columns="dnll_toy_se"), "nll_toy")
+    assert paired.effect == absolute.effect and paired.effect[1] > 0.003
+    assert paired.identified and math.isclose(paired.tolerance, 2 * float(np.median([PAIRED_SE] + [DIFF_SE] * 3 + [PAIRED_SE] * 2)))
+    assert not absolute.identified and math.isclose(absolute.tolerance, 2 * math.sqrt(2) * ABS_SE)
+    assert "2 absolute SE of a difference" in absolute.sentences[0]
+
+
+def _law_rows(stop_at: int | None = None, effect: float = 0.5) -> pd.DataFrame:
+    """Rows of L = 1.5 + 40·N^(-0.3) + effect·2^(-k): the row at ``stop_at`` stopped after a 5 % subset
     whose own mean is 0.2 nats off; its paired full-set estimate is the true value."""
     rows = []
     for n in np.geomspace(1e4, 1e6, 5):
         for k in (3, 4, 8, 16):
-            loss = 1.5 + 40.0 * n ** -0.3 + (0.0 if k == 16 else 0.5 * 2.0 ** -k)
-            rows.append(dict(_cell(n, k, 0.0), nll_toy=loss, nll_toy_paired=loss, subset_toy=1.0,
+            dnll = 0.0 if k == 16 else effect * 2.0 ** -k
+            loss = 1.5 + 40.0 * n ** -0.3 + dnll
+            rows.append(dict(_cell(n, k, dnll), nll_toy=loss, nll_toy_paired=loss, subset_toy=1.0,
                              ppl_toy=math.exp(loss), entropy_rate=1.4))
     df = pd.DataFrame(rows)
     if stop_at is not None:

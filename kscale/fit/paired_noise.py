@@ -30,6 +30,9 @@ from kscale.fit.noise import se_column
 #: scored on the same tokens by the same weights before quantization.
 CHECKPOINT_COLUMNS = ("family", "size", "n_params", "n_tokens", "checkpoint", "revision", "seed",
                       "train_bits_w", "train_bits_a", "train_bits_kv", "qat_from")
+#: What a missing value of a checkpoint column means (rows written before the column existed):
+#: the toy ladder's training precision is full precision unless a row says otherwise.
+CHECKPOINT_DEFAULTS = {"train_bits_w": 16.0, "train_bits_a": 16.0, "train_bits_kv": 16.0, "qat_from": 0.0}
 #: metric kind -> the kind whose ``_se`` column is that metric's paired noise against the 16-bit row.
 PAIRED_KIND = {"nll": "dnll", "dnll": "dnll", "kl": "kl"}
 #: What each kind of noise is called in the report's sentences.
@@ -69,7 +72,13 @@ def checkpoint_key(df: pd.DataFrame) -> pd.Series:
     cols = [c for c in CHECKPOINT_COLUMNS if c in df.columns]
     if not cols:
         return pd.Series([""] * len(df), index=df.index, dtype=object)
-    return df[cols].astype(str).agg("\x1f".join, axis=1)
+    def text(c: str) -> pd.Series:  # None and NaN are both "missing" (rows from JSON mix them)
+        return df[c].astype(object).where(df[c].notna(), CHECKPOINT_DEFAULTS.get(c, "")).map(str)
+
+    key = text(cols[0])
+    for c in cols[1:]:
+        key = key + "\x1f" + text(c)
+    return key
 
 
 def difference_noise(a: pd.Series, b: pd.Series, metric: str) -> tuple[float, str | None]:

@@ -23,7 +23,7 @@ DIFF_SE = math.hypot(PAIRED_SE, PAIRED_SE)  # bound for two quantized cells of o
 
 def _cell(n, k, dnll, *, ref=2.0, family="toy"):
     bpp = 16.0 if k == 16 else k + 0.25
-    return dict(family=family, size=f"{n:g}", checkpoint="c", n_params=n, n_tokens=20 * n, method="rtn", dtype="int",
+    return dict(family=family, size=f"{n:g}", checkpoint="c", revision=None, n_params=n, n_tokens=20 * n, method="rtn", dtype="int",
                 bits=k, blocksize=64, total_bits=n * bpp, nll_toy=ref + dnll, nll_toy_se=ABS_SE,
                 dnll_toy=dnll, dnll_toy_se=0.0 if k == 16 else PAIRED_SE, status="ok")
 
@@ -52,6 +52,13 @@ def test_margin_against_own_16_bit_is_exactly_its_dnll_se_and_across_sizes_is_ab
     df = _one_size()
     ref, q4 = df.iloc[0], df.iloc[1]
     assert difference_noise(ref, q4, "nll_toy") == (PAIRED_SE, "paired")  # the 16-bit row's paired SE is 0
+    q4_nan = q4.copy()
+    q4_nan["revision"] = np.nan  # rows read from JSON mix None and NaN for a missing value
+    ref_16 = ref.copy()
+    ref_16["train_bits_w"] = 16.0  # a row written after the training-precision column existed
+    assert difference_noise(ref_16, q4_nan, "nll_toy") == (PAIRED_SE, "paired")
+    ref_16["train_bits_w"] = 4.0  # a ladder trained at 4 bits is another checkpoint
+    assert difference_noise(ref_16, q4_nan, "nll_toy")[1] == "absolute"
     other = pd.Series(_cell(2e5, 4, 0.01))
     se, kind = difference_noise(q4, other, "nll_toy")
     assert kind == "absolute" and math.isclose(se, math.hypot(ABS_SE, ABS_SE))

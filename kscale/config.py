@@ -247,6 +247,7 @@ def _model_plan(model: Mapping[str, Any], *, check_hub: bool = True) -> tuple[li
         raise ConfigError(f"invalid model config: {err}") from None
     sizes = model.get("sizes")
     provider_options = dict(kw.get("provider_options") or {})
+    _check_training_options(model["name"], provider_options)
     try:
         specs = resolve_models(model["name"], sizes, check_hub=check_hub, **kw)
     except ModelConfigError as err:
@@ -255,6 +256,24 @@ def _model_plan(model: Mapping[str, Any], *, check_hub: bool = True) -> tuple[li
     except TypeError as err:  # a model key this version of resolve_models does not take
         raise ConfigError(f"invalid model config for model={model['name']}: {err}") from None
     return specs, provider_options
+
+
+def _check_training_options(family_name: str, provider_options: Mapping[str, Any]) -> None:
+    """Training precision (``kscale.sweep.grid.TRAINING_AXES``) only for a family kscale trains:
+    a published checkpoint cannot be retrained by an option, so the option would be silently
+    ignored and rows would claim a precision nobody trained at."""
+    from kscale.models import FAMILIES
+    from kscale.sweep.grid import TRAINING_AXES
+
+    given = [a for a in TRAINING_AXES if a.rsplit(".", 1)[1] in provider_options]
+    if not given or family_name not in FAMILIES:
+        return  # an unknown family fails in resolve_models with did-you-mean
+    provider = FAMILIES.get(family_name).provider
+    if provider is None:
+        trained = [n for n, f in FAMILIES.items() if f.provider]
+        raise ConfigError(f"invalid override {given[0]}: training precision applies to families whose "
+                          f"checkpoints kscale trains ({', '.join(trained) or 'none'}); "
+                          f"model={family_name} loads published checkpoints")
 
 
 def _eval_plan(cfg: Any, ev: Mapping[str, Any]) -> EvalPlan:

@@ -58,6 +58,15 @@ def model_list_axes() -> "tuple[str, ...]":
     return tuple(MODEL_AXES)
 
 
+def training_axes() -> "tuple[str, ...]":
+    """Training-precision options (``model.provider_options.train_bits_w`` ...): one job per value
+    like any other sweep, but added with ``++`` so the model config need not name them (the
+    default ladder leaves them out, which keeps its cache key and rows those of full precision)."""
+    from kscale.sweep.grid import TRAINING_AXES
+
+    return tuple(TRAINING_AXES)
+
+
 def __getattr__(name: str) -> Any:  # IN_JOB_AXES as a module attribute, resolved lazily
     if name == "IN_JOB_AXES":
         return in_job_axes()
@@ -89,9 +98,12 @@ def split_overrides(overrides: Sequence[Any]) -> "OrderedDict[str, List[str]]":
     """
     out: "OrderedDict[str, List[str]]" = OrderedDict()
     in_job = in_job_axes()
+    training = training_axes()
     for o in overrides:
         key = o.get_key_element()
         bare = key.lstrip("+~")
+        if bare in training and not key.startswith("~"):
+            key = f"++{bare}"  # the last of params / command line wins, whatever its prefix
         out.pop(key, None)
         if o.is_sweep_override():
             if not o.is_discrete_sweep():
@@ -199,7 +211,7 @@ class KscaleSweeper(Sweeper):
             for spec in plan.models:
                 models.append((plan, spec))
                 if spec not in pending:
-                    log.info("%s: every cell is finished (rerun=true to redo); no job", _job_label(spec))
+                    log.info("%s: every cell is finished (rerun=true to redo); no job", _job_label(spec, base))
                     continue
                 overrides = list(base) + [f"model.sizes=[{_quote(spec.size)}]"]
                 revision = getattr(spec, "revision", None)
@@ -229,7 +241,7 @@ class KscaleSweeper(Sweeper):
         for start in range(0, len(jobs), batch_size):
             batch = [overrides for overrides, _, _ in jobs[start:start + batch_size]]
             log.info("launching %d job(s): %s", len(batch),
-                     ", ".join(_job_label(s) for _, _, s in jobs[start:start + batch_size]))
+                     ", ".join(_job_label(s, o) for o, _, s in jobs[start:start + batch_size]))
             results = self.launcher.launch(batch, initial_job_idx=start)
             for r in results:
                 try:
@@ -279,9 +291,12 @@ def _preflight(plans: Any, config: Optional[DictConfig]) -> None:
         raise InvalidSweepConfig(str(err)) from None
 
 
-def _job_label(spec: Any) -> str:
+def _job_label(spec: Any, overrides: Sequence[str] = ()) -> str:
     revision = getattr(spec, "revision", None)
-    return f"{spec.family}-{spec.size}" + (f"@{revision}" if revision else "")
+    training = training_axes()
+    variant = [o.split("=", 1) for o in overrides if o.split("=", 1)[0].lstrip("+~") in training]
+    text = "".join(f",{k.lstrip('+~').rsplit('.', 1)[1]}={v}" for k, v in variant)
+    return f"{spec.family}-{spec.size}" + (f"@{revision}" if revision else "") + (f"[{text[1:]}]" if text else "")
 
 
 def _plan_settings(config: DictConfig) -> Dict[str, Any]:

@@ -11,7 +11,7 @@ import math
 import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from kscale.estimate.devices import GIB, DeviceProfile, device_profile, local_de
 from kscale.estimate.sizes import (_method, calibration_tokens, forward_flops, head_params_for, n_params_for,
                                    vocab_size_for, weight_bytes_per_param)
 from kscale.estimate.tokens import _cached_tokenizer, eval_tokens
+from kscale.estimate.training import TrainingRun, training_runs, training_summary, variant_label
 
 
 # ----------------------------------------------------------------------------- jobs
@@ -56,6 +57,8 @@ class JobEstimate:
     notes: tuple[str, ...] = ()
     #: device-hours with sequential evaluation (quantized cells at SEQUENTIAL_STOP_FRACTION of their tokens)
     hours_sequential: float | None = None
+    #: the build of a provider-trained model apart from the family's default (``w4,kv8``; "" = default)
+    variant: str = ""
 
     @property
     def to_run(self) -> int:
@@ -69,7 +72,8 @@ class JobEstimate:
 
     @property
     def name(self) -> str:
-        return f"{self.family}-{self.size}" + (f"@{self.revision}" if self.revision else "")
+        return (f"{self.family}-{self.size}" + (f"@{self.revision}" if self.revision else "")
+                + (f"[{self.variant}]" if self.variant else ""))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -232,6 +236,8 @@ class PlanEstimate:
     rate_source: str
     studies: tuple[str, ...]
     probe: Mapping[str, Any] | None = None
+    #: provider-built rungs the plan trains (or finds cached): kscale.estimate.training
+    training: tuple[TrainingRun, ...] = ()
 
     @property
     def totals(self) -> dict[str, Any]:
@@ -257,6 +263,9 @@ class PlanEstimate:
             "unknown_cost_jobs": [j.name for j in jobs if j.flops is None and j.to_run],
             "disk_bytes": sum(j.disk_bytes for j in jobs),
             "device_map_jobs": [j.name for j in pending if j.needs_device_map],
+            "training_runs": sum(not r.cached for r in self.training),
+            "training_flops": sum(r.flops for r in self.training if not r.cached),
+            "training_hours": sum(r.seconds or 0.0 for r in self.training if not r.cached) / 3600,
         }
 
     @property
@@ -287,6 +296,7 @@ class PlanEstimate:
             "jobs": [j.to_dict() for j in self.jobs],
             "totals": self.totals,
             "launcher": self.launcher,
+            "training": [r.to_dict() for r in self.training],
         }
 
     def table(self) -> str:
@@ -322,6 +332,8 @@ class PlanEstimate:
             f"cell stops after {t['sequential_stop_fraction']:.0%} of its tokens (the 16-bit reference pass is "
             f"always full; benchmarks/study_cost.py measures the fraction on the toy studies)",
         ]
+        if self.training:
+            out.append(training_summary(list(self.training)))
         if t["unknown_cost_jobs"]:
             out.append(f"unknown cost (no n_params): {', '.join(t['unknown_cost_jobs'])}")
         if t["device_map_jobs"]:
@@ -402,9 +414,11 @@ def estimate_plans(plans: Sequence[Any], *, device: str | None = None,
         study = str(plan.study_dir)
         if study not in done_by_study:
             done_by_study[study] = ResultStore(plan.study_dir).finished_keys()
-        jobs.append(estimate_job(plan, spec, prof, rate=rate, done=done_by_study[study]))
+        job = estimate_job(plan, spec, prof, rate=rate, done=done_by_study[study])
+        jobs.append(replace(job, variant=variant_label(plan, spec)))
     return PlanEstimate(tuple(jobs), prof, "probe" if probe_info else "profile",
-                        tuple(dict.fromkeys(str(p.study_dir) for p in plans)), probe_info)
+                        tuple(dict.fromkeys(str(p.study_dir) for p in plans)), probe_info,
+                        tuple(training_runs(unique, prof)))
 
 
 def probe_rate(pairs: Sequence[tuple[Any, Any]], *, repeats: int = 3) -> dict[str, Any]:

@@ -42,6 +42,12 @@ CELL_AXES: tuple[str, ...] = ("method", "format", "seed", *RUNTIME_AXES)
 DEFAULT_FORMAT = "blockwise"
 #: Model-config axes whose comma lists become separate jobs of one plan (one load each).
 MODEL_AXES: tuple[str, ...] = ("model.sizes", "model.revisions")
+#: Training precision of checkpoints kscale trains itself (the toy's ``kscale.toy.lowbit``, issue 20
+#: §4). Each value is another trained model, so a comma list is one job per combination (crossed
+#: with sizes and revisions), never an in-job list; the model config need not name them (the
+#: sweeper adds them with ``++``), and a family whose provider takes none is rejected by the config.
+TRAINING_AXES: tuple[str, ...] = tuple(
+    f"model.provider_options.{k}" for k in ("train_bits_w", "train_bits_a", "train_bits_kv", "qat_from"))
 SPEC_FIELDS: tuple[str, ...] = (
     "bits", "dtype", "blocksize", "exponent_bits", "centered", "scale_bits", "outlier_frac",
 )

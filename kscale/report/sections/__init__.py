@@ -17,6 +17,7 @@ from kscale.report.sections.frontier import frontier_section
 from kscale.report.sections.law import law_section
 from kscale.report.sections.measured import measured_section
 from kscale.report.sections.paired import paired_section
+from kscale.report.sections.precision import precision_section
 from kscale.report.sections.tokens import tokens_section
 
 Section = Callable[[FamilyContext], SectionOutput]
@@ -29,5 +30,6 @@ SECTIONS.register("decision", decision_section)
 SECTIONS.register("tokens", tokens_section)
 SECTIONS.register("paired", paired_section)
 SECTIONS.register("formats", formats_section)
+SECTIONS.register("precision", precision_section)
 #: Order in the summary (the registry itself is unordered).
-SECTION_ORDER = ("measured", "frontier", "crossovers", "law", "decision", "tokens", "paired", "formats")
+SECTION_ORDER = ("measured", "frontier", "crossovers", "law", "decision", "tokens", "paired", "formats", "precision")

@@ -32,6 +32,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from kscale.evaluate import EvalSuite, PerplexitySpec
+from kscale.models import ModelSpec, get_family, load_model
+from kscale.paths import default_data_dir
+from kscale.quant import QuantSpec, WeightSnapshot, apply_method
+from kscale.quant.formats import format_of
+from kscale.quant.modules import quantizable_modules, weight_matrix
 from kscale.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -84,10 +92,7 @@ def _bnb_why_not(method: str, spec: Any) -> str | None:
 @contextlib.contextmanager
 def _bnb_swap(model, spec, module_filter) -> Iterator[int]:
     """Replace each quantizable module by a ``bnb.nn.Linear4bit`` holding the same weights."""
-    import bitsandbytes as bnb
-    import torch
-
-    from kscale.quant.modules import quantizable_modules, weight_matrix
+    import bitsandbytes as bnb  # here: an optional dependency (dev extra), needed only to cross-check
 
     originals: list[tuple[Any, str, Any]] = []
     modules = quantizable_modules(model, module_filter)
@@ -115,7 +120,7 @@ def _bnb_swap(model, spec, module_filter) -> Iterator[int]:
 
 
 def _bnb_version() -> str:
-    import bitsandbytes
+    import bitsandbytes  # here: an optional dependency (dev extra)
 
     return f"bitsandbytes {bitsandbytes.__version__}"
 
@@ -126,8 +131,6 @@ KERNELS.register("bnb-nf4", KernelBackend("bnb-nf4", _bnb_why_not, _bnb_swap, _b
 def layout_problem(model, spec, module_filter) -> str | None:
     """Why the kernel cannot hold this model's quantized matrices exactly (None if it can):
     every matrix needs ``in_features % blocksize == 0`` so no block crosses a row."""
-    from kscale.quant.modules import quantizable_modules, weight_matrix
-
     bad = [f"{n} (in_features={weight_matrix(m).shape[1]})"
            for n, m in quantizable_modules(model, module_filter).items()
            if spec.blocksize and weight_matrix(m).shape[1] % spec.blocksize]
@@ -191,9 +194,6 @@ def crosscheck(model, spec, *, evaluate: Callable[[Any], Mapping[str, float]], m
         method: the cell's method (only ``rtn`` has kernel equivalents).
         kernel: force a backend name; default the first equivalent one.
     """
-    from kscale.quant import WeightSnapshot, apply_method
-    from kscale.quant.formats import format_of
-
     name, reason = (kernel, "") if kernel else kernel_for(method, spec)
     if kernel and KERNELS.get(kernel).why_not(method, spec):
         name, reason = None, f"{kernel}: {KERNELS.get(kernel).why_not(method, spec)}"
@@ -232,8 +232,6 @@ def write_crosscheck(result: CrossCheck, path: str | Path) -> Path:
 
 def _suite(tokenizer, *, dataset: str, seqlen: int, max_tokens: int | None, data_dir, device,
            corpus_options: Mapping[str, Any] | None = None):
-    from kscale.evaluate import EvalSuite, PerplexitySpec
-
     spec = PerplexitySpec(dataset=dataset, protocol="gptq", seqlen=seqlen, max_tokens=max_tokens, kl=False)
     return EvalSuite([spec], tokenizer, data_dir=data_dir, cache_dir=None, device=device,
                      seqlen_default=seqlen, corpus_options=corpus_options)
@@ -254,10 +252,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=None, help="append the row to this JSONL file")
     a = p.parse_args(argv)
-
-    from kscale.models import ModelSpec, get_family, load_model
-    from kscale.paths import default_data_dir
-    from kscale.quant import QuantSpec
 
     fam = get_family(a.family)
     loaded = load_model(ModelSpec(family=a.family, size=Path(a.model).name, checkpoint=str(a.model),

@@ -30,7 +30,19 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.numpy import save_file
 from torch import nn
+from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from kscale.models import get_family
+from kscale.quant.calibration import CalibrationConfig, calibration_tokens
+from kscale.quant.formats import FORMATS, resolve_format
+from kscale.quant.formats.gguf import stored_type
+from kscale.quant.gguf import GGUF_TYPES
+from kscale.quant.imatrix import imatrix_for
+from kscale.quant.ledger import ledger_for
+from kscale.quant.modules import quantizable_modules, weight_matrix
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +69,12 @@ class ExportSummary:
 
 
 def _is_gguf(obj: Any) -> bool:
-    from kscale.quant.gguf import GGUF_TYPES
-
     return obj.name in GGUF_TYPES or obj.name in _GGML_NAMES or obj.per_tensor_recipe
 
 
 def _gguf_module():
     try:
-        import gguf
+        import gguf  # here: an optional dependency (dev extra); a missing one is one clear error
     except ImportError as err:
         raise RuntimeError("GGUF export needs the gguf package: pip install gguf "
                            "(part of kscale's dev extra: pip install -e '.[dev]')") from err
@@ -73,10 +83,9 @@ def _gguf_module():
 
 def _stored_ggml_type(fmt_name: str, n_per_row: int) -> str:
     """The ggml type a GGUF format stores a tensor with rows of ``n_per_row`` in (or ``f16``)."""
-    if fmt_name in _GGML_NAMES:
-        return _GGML_NAMES[fmt_name]
-    from kscale.quant.formats.gguf import stored_type
-
+    if fmt_name in _GGML_NAMES:  # ggml's MXFP4/NVFP4, or F16 for rows that are not whole blocks
+        fits = FORMATS.get(fmt_name).stored_type((1, n_per_row), None) == fmt_name
+        return _GGML_NAMES[fmt_name] if fits else "F16"
     return stored_type(fmt_name, n_per_row).upper()
 
 
@@ -84,11 +93,6 @@ def _quantized_tensors(model: nn.Module, obj: Any, config: Any, module_filter: A
                        imatrices: dict[str, torch.Tensor] | None = None):
     """(name, weight parameter, packed bytes, [out, in] shape, stored ggml type) of each quantized
     matrix, once. A per-tensor recipe packs each of its tensors in that tensor's own type."""
-    from tqdm.auto import tqdm
-
-    from kscale.quant.formats import FORMATS
-    from kscale.quant.modules import quantizable_modules, weight_matrix
-
     if obj.per_tensor_recipe:  # (module name, module, per-tensor format, config, imatrix source)
         items = [(t.name, t.module, FORMATS.get(t.config.format), t.config, t.imatrix_from)
                  for t in obj.targets(model, config)]
@@ -112,17 +116,12 @@ def export_model(model: nn.Module, fmt: Any, out: str | Path, *, options: dict[s
     ``calibration`` (a :class:`kscale.quant.calibration.CalibrationSet` or token ids
     [windows, seqlen]) feeds the importance matrices of an ``imatrix=true`` config.
     The model's weights are not changed."""
-    from kscale.quant.formats import resolve_format
-    from kscale.quant.ledger import ledger_for
-
     obj, config = resolve_format(fmt, options)
     imatrices = None
     if getattr(config, "needs_calibration", False):
         if calibration is None:
             raise ValueError(f"format {obj.name} with imatrix=true needs calibration windows: "
                              "pass --calib DATASET (or calibration= in Python)")
-        from kscale.quant.imatrix import imatrix_for
-
         imatrices = dict(imatrix_for(model, config, calibration, module_filter))
     ledger = ledger_for(model, config, module_filter)
     out = Path(out)
@@ -170,12 +169,10 @@ def _write_gguf(out: Path, obj: Any, config: Any, quantized, rest) -> dict[str, 
 
 
 def _write_safetensors(out: Path, obj: Any, config: Any, quantized, rest) -> dict[str, str]:
-    from safetensors.numpy import save_file
-
     arrays, types, shapes = {}, {}, {}
     for name, _, data, shape, _ in quantized:
         arrays[name] = np.frombuffer(data, dtype=np.uint8).copy()
-        types[name] = obj.name
+        types[name] = obj.stored_type(shape, config) or obj.name  # f16: rows not whole blocks
         shapes[name] = list(shape)
     for name, p in rest:
         arrays[name] = _f16(p)
@@ -218,8 +215,6 @@ def _parse_options(items: list[str]) -> dict[str, Any]:
 
 
 def _load(model_dir: Path) -> nn.Module:
-    from transformers import AutoModelForCausalLM
-
     if not (model_dir / "config.json").exists():
         raise ValueError(f"{model_dir} is not a Hugging Face model directory (no config.json)")
     try:
@@ -233,10 +228,6 @@ def _calibration(args: argparse.Namespace, model_dir: Path):
     """The CLI's calibration windows (``--calib``), tokenized with the model's own tokenizer."""
     if args.calib is None:
         return None
-    from transformers import AutoTokenizer
-
-    from kscale.quant.calibration import CalibrationConfig, calibration_tokens
-
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
     config = CalibrationConfig(dataset=args.calib, nsamples=args.calib_samples, seqlen=args.calib_seqlen,
                                seed=args.calib_seed)
@@ -262,8 +253,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         module_filter = None
         if args.family:
-            from kscale.models import get_family
-
             module_filter = get_family(args.family).module_filter
         model = _load(args.model)
         summary = export_model(model, args.format, args.out, options=_parse_options(args.option),

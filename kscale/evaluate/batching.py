@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+from tqdm.auto import tqdm
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +38,6 @@ AUTO_MAX_BATCH = 64
 
 
 def model_device(model):
-    import torch
-
     try:
         return next(model.parameters()).device
     except StopIteration:  # pragma: no cover
@@ -115,8 +115,6 @@ def plan_batches(lengths: Sequence[int], batch: BatchSize, scored: Sequence[int]
 
 def _probe(model, rows: int, length: int, device) -> None:
     """One forward at ``rows x length`` plus the log-softmax a scored batch needs (lm-eval's probe)."""
-    import torch
-
     x = torch.zeros((rows, length), dtype=torch.long, device=device)
     kw = {"use_cache": False} if _accepts(model, "use_cache") else {}
     with torch.inference_mode():
@@ -128,8 +126,6 @@ def _probe(model, rows: int, length: int, device) -> None:
 def largest_fitting(attempt: Callable[[int], None], start: int, on_fail: Callable[[], None] = lambda: None) -> int:
     """The first of ``start, start/2, ..., 1`` for which ``attempt(rows)`` does not run out of
     memory (``torch.OutOfMemoryError``); re-raises if even one row does not fit."""
-    import torch
-
     rows = max(1, int(start))
     while True:
         try:
@@ -147,8 +143,6 @@ def resolve_batch_size(model, requested: int | str, max_length: int, *, device=N
     per pass; on CUDA, the largest power-of-two row count (<= ``AUTO_MAX_BATCH``) whose
     ``rows x max_length`` forward fits, found by halving on out-of-memory as lm-eval's
     ``_detect_batch_size`` does; the token budget is then ``rows x max_length``."""
-    import torch
-
     requested = check_batch_size(requested)
     if requested != "auto":
         return BatchSize(int(requested))
@@ -190,9 +184,6 @@ def forward_scored(model, windows: Sequence, *, device=None, batch_size: int | s
     Windows come in *batch order* (longest first), not input order: use ``index``. No KV cache,
     no grad; ``stats`` (if given) accumulates real tokens, padding and forward passes.
     """
-    import torch
-    from tqdm.auto import tqdm
-
     device = device or model_device(model)
     if not windows:
         return

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from kscale.evaluate.batching import ForwardStats, _accepts, forward_scored, model_device  # noqa: F401
 from kscale.registry import Registry
@@ -320,8 +321,6 @@ def loglikelihood_rolling(model, documents: Sequence[Sequence[int]], *, max_leng
     (lm-eval's ``max_length``: the model's context); ``prefix_token`` is lm-eval's
     ``prefix_token_id`` (BOS, else EOS). Windows of all documents are batched together.
     """
-    import torch
-
     lens = [len(d) for d in documents]
     starts = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
     ids = np.concatenate([np.asarray(d, dtype=np.int64) for d in documents]) if documents else np.zeros(0, np.int64)

@@ -37,6 +37,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 #: reference log-probabilities kept per scored token for KL (``PerplexitySpec.kl_top_k``)
 DEFAULT_TOP_K = 64
@@ -90,8 +91,6 @@ def score_rows(logits, targets, out: TokenScores, at: int, ref: TokenReference |
     ``record``: this is the reference pass; store its top-k (when ``top_k``) into ``ref`` first,
     then score against it like any model (so its paired statistics are exactly zero).
     ``ref`` None: no KL (the spec has ``kl: false`` or no reference exists yet)."""
-    import torch
-
     n = logits.shape[0]
     sl = slice(at, at + n)
     # log-sum-exp with float32 exps summed in float64: per-token NLL differences to ~1e-7 nats
@@ -135,7 +134,5 @@ def score_rows(logits, targets, out: TokenScores, at: int, ref: TokenReference |
 
 def _log_tail(logp):
     """``log(1 − Σ exp(logp))`` per row, stably (``-inf`` when the listed tokens hold all mass)."""
-    import torch
-
     lse = torch.logsumexp(logp, dim=-1).clamp_max(0.0)
     return torch.log(-torch.expm1(lse))

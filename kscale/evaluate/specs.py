@@ -6,6 +6,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Union
 
+from kscale.data.corpus import check_available
+from kscale.data.tasks import check_task_available
+from kscale.evaluate.perplexity import PROTOCOLS
+from kscale.evaluate.zeroshot import TASKS
 from kscale.registry import did_you_mean
 
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
@@ -50,8 +54,6 @@ class PerplexitySpec:
     name: str | None = None
 
     def __post_init__(self) -> None:
-        from kscale.evaluate.perplexity import PROTOCOLS
-
         proto = PROTOCOLS.get(self.protocol)  # unknown -> did-you-mean error
         for name in ("seqlen", "stride", "max_tokens", "max_windows", "max_docs"):
             value = getattr(self, name)
@@ -90,8 +92,6 @@ class ZeroShotSpec:
         return self.task
 
     def __post_init__(self) -> None:
-        from kscale.evaluate.zeroshot import TASKS
-
         TASKS.get(self.task)
         if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 1):
             raise ValueError(f"zero-shot limit must be a positive int or null; got {self.limit!r}")
@@ -205,9 +205,6 @@ def check_eval_data(specs, data_dir=None, source: str = "auto") -> None:
     """Config-time check that every corpus and task of ``specs`` can be loaded (local file
     present, or hub allowed and reachable); raises ``ValueError`` naming the first that cannot.
     Loads and tokenizes nothing."""
-    from kscale.data.corpus import check_available
-    from kscale.data.tasks import check_task_available
-
     for spec in specs:
         if isinstance(spec, PerplexitySpec):
             check_available(spec.dataset, data_dir, source, split=spec.split, path=spec.path)

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from kscale.data.corpus import load_corpus
+from kscale.data.corpus import check_source, load_corpus
 from kscale.evaluate.batching import BatchSize, ForwardStats, check_batch_size, forward_scored, resolve_batch_size
 from kscale.evaluate.perplexity import (
     PROTOCOLS,
@@ -50,6 +50,7 @@ from kscale.evaluate.zeroshot import (
     prefix_token_id,
     score_task,
 )
+from kscale.models.loading import model_context
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +101,6 @@ def _bos_added(tokenizer) -> str:
 def max_length_of(model, tokenizer) -> int:
     """lm-eval ``HFLM.max_length``: the model config's context, else the tokenizer's
     ``model_max_length`` when set, else 2048."""
-    from kscale.models.loading import model_context
-
     ctx = model_context(model)
     if ctx is not None:
         return ctx
@@ -139,8 +138,6 @@ class EvalSuite:
                  max_length: int | None = None,
                  corpus_options: Mapping[str, Mapping[str, Any]] | None = None,
                  sequential: SequentialSpec | None = None) -> None:
-        from kscale.data.corpus import check_source
-
         if not specs:
             raise ValueError("an EvalSuite needs at least one perplexity or zero-shot spec; got none")
         check_distinct(specs)
@@ -289,8 +286,6 @@ class EvalSuite:
     def _setup(self, model) -> None:
         """Everything that needs the model: its context (checked, and the default rolling
         window), windows, and the resolved batch size."""
-        from kscale.models.loading import model_context
-
         self.prepare()
         self._learn_max_length(model)
         ctx = model_context(model)

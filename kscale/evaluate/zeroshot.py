@@ -21,8 +21,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from kscale.data.tasks import load_task_data
+from kscale.evaluate.batching import forward_scored
+from kscale.evaluate.perplexity import Window
 from kscale.registry import Registry
 
 
@@ -115,8 +118,6 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
 def request_window(context: Sequence[int], continuation: Sequence[int], max_length: int):
     """The scored window of one request: ``(context + continuation)[-(max_length + 1):]`` (left
     truncation, as lm-eval), the model reads all but its last token and the continuation is scored."""
-    from kscale.evaluate.perplexity import Window
-
     if not continuation:
         raise ValueError("a zero-shot continuation encoded to no tokens")
     if len(continuation) > max_length:
@@ -137,10 +138,6 @@ def loglikelihood(model, encoded: Sequence[tuple[list[int], list[int]]], *, max_
     results independent of the batch up to float rounding (tests: 1e-5, identical greedy flags).
     ``stats`` (a :class:`~kscale.evaluate.batching.ForwardStats`) accumulates the tokens forwarded.
     """
-    import torch
-
-    from kscale.evaluate.batching import forward_scored
-
     windows = [request_window(ctx, cont, max_length) for ctx, cont in encoded]
     out: list[tuple[float, bool] | None] = [None] * len(windows)
     for i, logits, target in forward_scored(model, windows, device=device, batch_size=batch_size,

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 from scipy.optimize import minimize
+from threadpoolctl import threadpool_limits
 
 from kscale.fit.degenerate import CleanReport, clean_points, metric_kind
 from kscale.fit.laws import Law, get_law
@@ -275,8 +276,6 @@ def torch_single_thread() -> Iterator[None]:
 def _blas_single_thread() -> Iterator[None]:
     """Limit the BLAS that scipy/numpy bundle to one thread for the duration (threadpoolctl,
     the maintained tool for exactly this, rather than poking OpenBLAS's C API by hand)."""
-    from threadpoolctl import threadpool_limits
-
     with threadpool_limits(limits=1, user_api="blas"):
         yield
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from kscale.fit.laws import _EXPONENT_BOUNDS, _SIGNED_BOUNDS, Law, _e_grid, _lse, register_law
@@ -112,8 +113,6 @@ def capacity_per_bit(params, bits):
     so the compute-optimal training precision maximises g whatever C is (the paper's "roughly
     independent of compute"). ``params`` maps γ_w, γ_a, γ_kv to numbers or arrays (bootstrap).
     """
-    import numpy as np
-
     bits = np.asarray(bits, dtype=float)
     out = 1.0 / bits
     for gamma in TRAIN_BITS.values():
@@ -125,7 +124,5 @@ def compute_optimal_training_bits(params, *, lo: float = 1.0, hi: float = 16.0, 
     """The training precision (all of w, a, kv at P bits, P on a grid of ``n`` points in [lo, hi])
     minimising the pre-training loss at any fixed budget of bits × FLOPs (N · D · P); an array
     of them when ``params`` holds bootstrap arrays."""
-    import numpy as np
-
     grid = np.linspace(lo, hi, n)
     return grid[np.argmax(capacity_per_bit(params, grid), axis=-1)]

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from kscale.quant import _numba
+from kscale.quant.dtypes import nf_codebook
 from kscale.quant.kernel_cache import EAGER, KERNEL_CACHE
 from kscale.quant.reference import (  # noqa: F401  (the eager reference; names kept for the fused bodies)
     LUT_MIN_MIDPOINTS,
@@ -49,6 +50,7 @@ from kscale.quant.reference import (  # noqa: F401  (the eager reference; names 
     normalize,
 )
 from kscale.quant.reference import eager_blocks as _eager
+from kscale.quant.spec import QuantSpec
 
 log = logging.getLogger(__name__)
 
@@ -189,12 +191,14 @@ def _compile_config():
     at its defaults, inductor cuts long ``where`` chains into intermediate buffers, which its
     CPU outer-loop fusion cannot handle when the result is written back into the input
     (``KeyError: 'buf1'`` in torch 2.13)."""
+    # here, not at the top: torch._dynamo/_inductor add ~1.4 s to import, and only compiling needs them
     import torch._dynamo.config as dcfg
     import torch._inductor.config as icfg
 
     patches = [icfg.patch(emulate_precision_casts=True, realize_opcount_threshold=100_000,
                           realize_acc_reads_threshold=100_000, realize_reads_threshold=100_000)]
     try:  # no "duck sizing": a [64, 64] first call must not tie n_blocks to the block size
+        # here: a private module that older torch lacks (the ImportError below)
         import torch.fx.experimental._config as fxcfg
 
         if hasattr(fxcfg, "use_duck_shape"):
@@ -222,7 +226,7 @@ _COMPILE = KERNEL_CACHE.compile_time
 
 
 def _graphs_compiled() -> int:
-    from torch._dynamo.utils import counters
+    from torch._dynamo.utils import counters  # here: torch._dynamo adds ~1.4 s to import (see above)
 
     return int(counters["stats"]["unique_graphs"])
 
@@ -437,9 +441,6 @@ def compiled_kernel_available() -> bool:
     if _state["broken"] is not None:
         return False
     try:
-        from kscale.quant.dtypes import nf_codebook
-        from kscale.quant.spec import QuantSpec
-
         # the nf4 / fp32 / absmax / fp16-constant graph: the one most sweeps use anyway
         x = torch.linspace(-1, 1, 128).view(2, 64)
         _run_compiled_("select", x, nf_codebook(4), QuantSpec(4, "nf"))

@@ -10,6 +10,7 @@ and the toy language exist locally; calibrating on the split that is also evalua
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import random
 from collections.abc import Mapping
@@ -19,6 +20,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from kscale.data import CORPORA, load_corpus
 
 log = logging.getLogger(__name__)
 
@@ -134,8 +137,6 @@ def calibration_tokens(
     ``corpus_options`` go to the corpus loader unchanged (e.g. the toy family's provider
     options, so that calibration text comes from the language the model was trained on).
     """
-    from kscale.data import load_corpus
-
     length = config.seqlen if config.seqlen is not None else seqlen
     if length is None:
         raise ValueError("calibration seqlen is None and no model seqlen was given; set one of them")
@@ -157,10 +158,6 @@ def calibration_tokens(
 def default_split(dataset: str) -> str | None:
     """The split a corpus loader reads when none is given (``test`` for the local WikiText-2),
     so a row records the split GPTQ actually calibrated on, never null."""
-    import inspect
-
-    from kscale.data import CORPORA
-
     try:
         loader = CORPORA.get(dataset)
         default = inspect.signature(loader).parameters["split"].default

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from kscale.quant.calibration import CalibrationSet, window_tokens
 from kscale.quant.filter import ModuleFilter
+from kscale.quant.formats import format_of
 from kscale.quant.modules import quantizable_modules, weight_matrix
 
 log = logging.getLogger(__name__)
@@ -75,8 +76,6 @@ def imatrix_for(model: nn.Module, spec, calibration: CalibrationSet | Tensor | N
     if calibration is None:
         raise ValueError(f"format {spec.format} with imatrix=true needs calibration windows "
                          "(the sweep draws them; in a notebook pass calibration=calibration_tokens(...))")
-    from kscale.quant.formats import format_of
-
     if format_of(spec).per_tensor_recipe:
         module_filter = EVERY_LINEAR
     return importance_matrices(model, calibration, module_filter)

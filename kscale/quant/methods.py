@@ -34,6 +34,7 @@ from kscale.quant.formats import format_of
 from kscale.quant.imatrix import imatrix_for
 from kscale.quant.ledger import BitLedger, ledger_for
 from kscale.quant.model import quantize_model
+from kscale.quant.outliers import keep_columns_for
 from kscale.quant.spec import QuantSpec
 from kscale.registry import Registry, did_you_mean
 
@@ -213,8 +214,6 @@ class Baseline(QuantMethod):
 
 def _keep_columns(model, spec, outlier_pairs, module_filter):
     """Proxy quantization (paper §3): the 16-bit input columns, if ``outlier_frac > 0``."""
-    from kscale.quant.outliers import keep_columns_for
-
     return keep_columns_for(model, spec, outlier_pairs=outlier_pairs or None, module_filter=module_filter)
 
 

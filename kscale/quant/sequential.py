@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from kscale.quant.modules import weight_matrix
+from kscale.quant.modules import quantizable_modules, weight_matrix
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +115,6 @@ def unique_weight_modules(
 ) -> tuple[dict[str, nn.Module], dict[str, Tensor]]:
     """The selected layers, a weight shared by two modules once, and the validated kept-column
     masks (proxy quantization): what every calibrated method quantizes."""
-    from kscale.quant.modules import quantizable_modules
-
     modules: dict[str, nn.Module] = {}
     seen: set[int] = set()
     for name, module in quantizable_modules(model, module_filter).items():

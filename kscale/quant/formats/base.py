@@ -27,13 +27,21 @@ import torch
 
 from kscale.registry import Registry, did_you_mean
 
-__all__ = ["FORMATS", "DEFAULT_FORMAT", "NamedTypeConfig", "StorageFormat", "TensorCost", "TensorTarget", "format_of",
-           "kernel_package", "register_format", "resolve_format"]
+__all__ = ["F16", "F16_BITS", "FORMATS", "DEFAULT_FORMAT", "NamedTypeConfig", "StorageFormat", "TensorCost",
+           "TensorTarget", "format_of", "register_format", "resolve_format", "rows_fit_blocks"]
 
 #: The format of every cell that names none: the paper's block-wise k-bit types.
 DEFAULT_FORMAT = "blockwise"
 #: bits per weight of a tensor a format leaves (or falls back to) in 16-bit floating point
 F16_BITS = 16
+#: the stored type of a matrix whose rows a block format cannot block (llama.cpp's last fallback)
+F16 = "f16"
+
+
+def rows_fit_blocks(n_per_row: int, block_values: int) -> bool:
+    """The one rule of every block format: a matrix is stored in the format only if each row is
+    a whole number of blocks (llama.cpp blocks rows, never across them); otherwise in F16."""
+    return int(n_per_row) % int(block_values) == 0
 
 
 @dataclass(frozen=True)
@@ -143,6 +151,12 @@ class StorageFormat:
         """The bytes this format stores for ``w`` (its whole tensor payload and constants)."""
         raise NotImplementedError
 
+    def stored_type(self, shape: tuple[int, ...], config: Any) -> str | None:
+        """What an [out, in] matrix is stored as when that depends on its shape: the format's
+        type, a fallback type, or :data:`F16` for rows that are not whole blocks (the ledger's
+        ``stored_types`` census counts the weights per type). None: always the format itself."""
+        return None
+
     def row(self, config: Any) -> dict[str, Any]:
         """The identity columns of a row quantized with ``config``."""
         return dict(config.to_row())
@@ -174,22 +188,6 @@ def register_format(fmt: StorageFormat) -> StorageFormat:
     """Register one format object under its ``name``."""
     FORMATS.register(fmt.name, fmt)
     return fmt
-
-
-def kernel_package(module: str) -> Any | None:
-    """The kernel package ``module`` if this checkout has it, else ``None``.
-
-    A package that exists but fails to import is a bug and raises; a missing one (or a folder
-    without its ``__init__`` yet) only means its formats are not registered."""
-    import importlib
-
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as err:
-        if err.name == module:
-            return None
-        raise
-    return mod if getattr(mod, "__file__", None) else None
 
 
 def format_of(config: Any) -> StorageFormat:

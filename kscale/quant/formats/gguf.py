@@ -29,19 +29,14 @@ from kscale.quant.formats.base import (
     NamedTypeConfig,
     StorageFormat,
     TensorCost,
-    kernel_package,
     register_format,
 )
+from kscale.quant.gguf import GGUF_TYPES, fake_quantize_gguf, quantize_gguf
+from kscale.quant.gguf.recipes import tensor_type_fallback
 
 __all__ = ["GGUFTypeConfig", "GGUFTypeFormat", "nominal_bits", "stored_type"]
 
 F16 = "f16"
-
-
-def _types() -> dict[str, Any]:
-    from kscale.quant.gguf import GGUF_TYPES
-
-    return GGUF_TYPES
 
 
 def nominal_bits(name: str) -> int:
@@ -54,8 +49,6 @@ def nominal_bits(name: str) -> int:
 
 def stored_type(name: str, n_per_row: int) -> str:
     """The type llama.cpp stores a tensor with rows of ``n_per_row`` values in (or ``f16``)."""
-    from kscale.quant.gguf.recipes import tensor_type_fallback
-
     return tensor_type_fallback(name, n_per_row)
 
 
@@ -67,7 +60,7 @@ class GGUFTypeConfig(NamedTypeConfig):
     imatrix: bool = False
 
     def __post_init__(self) -> None:
-        types = _types()
+        types = GGUF_TYPES
         if self.name not in types:
             raise ValueError(f"unknown GGUF type {self.name!r}; types: {', '.join(sorted(types))}")
         if not isinstance(self.imatrix, bool):
@@ -90,7 +83,7 @@ class GGUFTypeConfig(NamedTypeConfig):
 
     def to_row(self) -> dict[str, Any]:
         row = super().to_row()
-        if _types()[self.name].takes_imatrix:
+        if GGUF_TYPES[self.name].takes_imatrix:
             row["imatrix"] = self.imatrix
         return row
 
@@ -113,10 +106,12 @@ class GGUFTypeFormat(StorageFormat):
     def _build(self, options):
         return GGUFTypeConfig(self.name, **options)
 
+    def stored_type(self, shape, config: GGUFTypeConfig) -> str:
+        """This type, its fallback, or ``f16`` (llama.cpp's rule, for the ``stored_types`` census)."""
+        return stored_type(self.name, int(shape[-1]))
+
     def fake_quantize_(self, w: torch.Tensor, config: GGUFTypeConfig, *,
                        imatrix: torch.Tensor | None = None, **_: Any) -> torch.Tensor:
-        from kscale.quant.gguf import fake_quantize_gguf
-
         if config.imatrix and imatrix is None:
             raise ValueError(f"format {self.name} with imatrix=true needs the importance matrix "
                              "(mean of x^2 per input column over the calibration tokens)")
@@ -125,7 +120,7 @@ class GGUFTypeFormat(StorageFormat):
             if kind == F16:
                 w.copy_(w.to(torch.float16))
                 return w
-            im = imatrix if config.imatrix and _types()[kind].takes_imatrix else None
+            im = imatrix if config.imatrix and GGUF_TYPES[kind].takes_imatrix else None
             src = w.detach().float().contiguous()
             w.copy_(fake_quantize_gguf(src, kind, None if im is None else im.float().to(src.device)))
         return w
@@ -139,31 +134,25 @@ class GGUFTypeFormat(StorageFormat):
         numel = rows * n_per_row
         if kind == F16:
             return TensorCost(0, 0, numel * F16_BITS)
-        t = _types()[kind]
+        t = GGUF_TYPES[kind]
         total = rows * (n_per_row // t.block_values) * t.block_bytes * 8
         payload = numel * nominal_bits(kind)
         return TensorCost(payload, total - payload)
 
     def pack(self, w: torch.Tensor, config: GGUFTypeConfig, imatrix: torch.Tensor | None = None) -> bytes:
         """ggml's block bytes, row after row (F16 values for a tensor llama.cpp cannot block)."""
-        from kscale.quant.gguf import quantize_gguf
-
         w2 = w.detach().reshape(w.shape[0], -1)
         kind = stored_type(self.name, int(w2.shape[1]))
         if kind == F16:
             return w2.to(torch.float16).contiguous().cpu().numpy().tobytes()
-        im = imatrix if config.imatrix and _types()[kind].takes_imatrix else None
+        im = imatrix if config.imatrix and GGUF_TYPES[kind].takes_imatrix else None
         data = quantize_gguf(w2.float().contiguous(), kind, im)
         return data.contiguous().cpu().numpy().tobytes()
 
 
 def register_all() -> list[str]:
-    """Register every type of :data:`kscale.quant.gguf.GGUF_TYPES` (none if that package is
-    missing from this checkout)."""
-    if kernel_package("kscale.quant.gguf") is None:
-        return []
-    types = _types()
-    return [register_format(GGUFTypeFormat(t)).name for _, t in sorted(types.items())]
+    """Register every type of :data:`kscale.quant.gguf.GGUF_TYPES`."""
+    return [register_format(GGUFTypeFormat(t)).name for _, t in sorted(GGUF_TYPES.items())]
 
 
 register_all()

@@ -33,9 +33,11 @@ from kscale.quant.formats.base import (
     NamedTypeConfig,
     StorageFormat,
     TensorTarget,
-    kernel_package,
     register_format,
 )
+from kscale.quant.formats.gguf import GGUFTypeConfig, nominal_bits
+from kscale.quant.gguf import GGUF_TYPES, recipes
+from kscale.quant.modules import QUANTIZABLE_TYPES
 
 __all__ = ["FTYPE_PREFIX", "GGUFFileConfig", "GGUFFileFormat", "RECIPE_SCOPE"]
 
@@ -47,12 +49,6 @@ RECIPE_SCOPE = ("llama.cpp file-type recipe: every 2-D weight (linear layers, to
 F16 = "f16"
 
 
-def _recipes():
-    from kscale.quant.gguf import recipes
-
-    return recipes
-
-
 @dataclass(frozen=True)
 class GGUFFileConfig(NamedTypeConfig):
     """A llama.cpp file type; ``imatrix`` = every tensor whose type takes an importance matrix
@@ -62,7 +58,7 @@ class GGUFFileConfig(NamedTypeConfig):
     imatrix: bool = False
 
     def __post_init__(self) -> None:
-        file_types = _recipes().FILE_TYPES
+        file_types = recipes.FILE_TYPES
         if self.file_type not in file_types or not self.name.startswith(FTYPE_PREFIX):
             raise ValueError(f"unknown GGUF file type {self.name!r}; file types: "
                              f"{', '.join(FTYPE_PREFIX + f for f in file_types)}")
@@ -78,7 +74,7 @@ class GGUFFileConfig(NamedTypeConfig):
 
     @property
     def base_type(self) -> str:
-        return _recipes().FILE_TYPES[self.file_type]
+        return recipes.FILE_TYPES[self.file_type]
 
     @property
     def needs_calibration(self) -> bool:
@@ -86,8 +82,6 @@ class GGUFFileConfig(NamedTypeConfig):
 
     @property
     def bits(self) -> int:
-        from kscale.quant.formats.gguf import nominal_bits
-
         return nominal_bits(self.base_type)
 
     @property
@@ -102,8 +96,6 @@ class GGUFFileConfig(NamedTypeConfig):
 
 
 def _takes_imatrix(gguf_type: str) -> bool:
-    from kscale.quant.gguf import GGUF_TYPES
-
     return gguf_type in GGUF_TYPES and GGUF_TYPES[gguf_type].takes_imatrix
 
 
@@ -142,9 +134,6 @@ class GGUFFileFormat(StorageFormat):
         raise self._single("packing")
 
     def targets(self, model: nn.Module, config: GGUFFileConfig) -> list[TensorTarget]:
-        from kscale.quant.formats.gguf import GGUFTypeConfig
-
-        recipes = _recipes()
         assignment = recipes.recipe_for_torch_model(model, config.file_type)
         modules = dict(model.named_modules())
         head_of = _linear_users(model)
@@ -170,8 +159,6 @@ class GGUFFileFormat(StorageFormat):
 
 def _linear_users(model: nn.Module) -> dict[int, str]:
     """id(weight) -> name of the (first) linear module computing with it: finds a tied head."""
-    from kscale.quant.modules import QUANTIZABLE_TYPES
-
     out: dict[int, str] = {}
     for name, module in model.named_modules():
         if isinstance(module, QUANTIZABLE_TYPES) and isinstance(getattr(module, "weight", None), torch.Tensor):
@@ -180,11 +167,8 @@ def _linear_users(model: nn.Module) -> dict[int, str]:
 
 
 def register_all() -> list[str]:
-    """Register ``ftype_<name>`` for every file type of :data:`recipes.FILE_TYPES` (none if the
-    GGUF kernel package is missing from this checkout)."""
-    if kernel_package("kscale.quant.gguf") is None:
-        return []
-    return [register_format(GGUFFileFormat(ft, base)).name for ft, base in _recipes().FILE_TYPES.items()]
+    """Register ``ftype_<name>`` for every file type of :data:`recipes.FILE_TYPES`."""
+    return [register_format(GGUFFileFormat(ft, base)).name for ft, base in recipes.FILE_TYPES.items()]
 
 
 register_all()

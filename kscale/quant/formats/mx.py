@@ -7,23 +7,32 @@ element width (4 for mxfp4 and nvfp4, 6, 8); ``bits_per_param`` is exact from
 ``storage_bits`` (block scales and NVFP4's per-tensor FP32 scale included): 4.25 for mxfp4
 (an 8-bit E8M0 scale per 32 values), 4.5 for nvfp4 (an E4M3 scale per 16) plus 32 bits per tensor.
 These formats take no other axis.
+
+A matrix whose rows are not a whole number of the type's blocks (rows of 48 for mxfp4's 32) is
+stored in F16, the rule the GGUF types follow (:func:`kscale.quant.formats.base.rows_fit_blocks`):
+left unquantized, counted at 16 bits per weight, packed and exported as F16 values, and listed
+as ``f16`` in the row's ``stored_types`` census.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
-from kscale.quant.formats.base import NamedTypeConfig, StorageFormat, TensorCost, kernel_package, register_format
+from kscale.quant.formats.base import (
+    F16,
+    F16_BITS,
+    NamedTypeConfig,
+    StorageFormat,
+    TensorCost,
+    register_format,
+    rows_fit_blocks,
+)
+from kscale.quant.mx import MX_TYPES, fake_quantize_mx_, quantize_mx, storage_bits
 
 __all__ = ["MXConfig", "MXFormat"]
-
-
-def _types() -> dict[str, Any]:
-    from kscale.quant.mx import MX_TYPES
-
-    return MX_TYPES
 
 
 @dataclass(frozen=True)
@@ -31,12 +40,12 @@ class MXConfig(NamedTypeConfig):
     """A microscaling type (no options: block size, element and scale encodings are the type)."""
 
     def __post_init__(self) -> None:
-        if self.name not in _types():
-            raise ValueError(f"unknown MX type {self.name!r}; types: {', '.join(sorted(_types()))}")
+        if self.name not in MX_TYPES:
+            raise ValueError(f"unknown MX type {self.name!r}; types: {', '.join(sorted(MX_TYPES))}")
 
     @property
     def bits(self) -> int:
-        return int(_types()[self.name].element_bits)
+        return int(MX_TYPES[self.name].element_bits)
 
 
 class MXFormat(StorageFormat):
@@ -56,32 +65,35 @@ class MXFormat(StorageFormat):
     def _build(self, options):
         return MXConfig(self.name, **options)
 
-    def fake_quantize_(self, w: torch.Tensor, config: MXConfig, **_: Any) -> torch.Tensor:
-        """Into ``w``'s storage (the fused kernel writes there directly for contiguous float32)."""
-        from kscale.quant.mx import fake_quantize_mx_
+    def stored_type(self, shape, config: MXConfig) -> str:
+        """This type, or ``f16`` for a matrix whose rows are not whole blocks."""
+        return self.name if rows_fit_blocks(int(shape[-1]), self.mtype.block_values) else F16
 
+    def fake_quantize_(self, w: torch.Tensor, config: MXConfig, **_: Any) -> torch.Tensor:
+        """Into ``w``'s storage (the fused kernel writes there directly for contiguous float32);
+        a matrix stored in F16 is left as it is, like every other 16-bit parameter."""
+        if self.stored_type(tuple(w.shape), config) == F16:
+            return w
         with torch.no_grad():
             fake_quantize_mx_(w, self.name)
         return w
 
     def tensor_cost(self, shape, config: MXConfig, n_kept_columns: int = 0) -> TensorCost:
-        from kscale.quant.mx import storage_bits
-
         if n_kept_columns:
             raise ValueError(f"format {self.name} keeps no 16-bit columns (outlier_frac is a "
                              "blockwise option)")
         shape = (int(shape[0]), int(shape[1]))
+        if self.stored_type(shape, config) == F16:
+            return TensorCost(0, 0, shape[0] * shape[1] * F16_BITS)
         total = int(storage_bits(shape, self.name))
         payload = shape[0] * shape[1] * int(self.mtype.element_bits)
         return TensorCost(payload, total - payload)
 
     def pack(self, w: torch.Tensor, config: MXConfig) -> bytes:
         """Packed elements, then the block scales, then the FP32 per-tensor scale (NVFP4); for
-        the ``gguf_*`` types ggml's block bytes."""
-        import numpy as np
-
-        from kscale.quant.mx import quantize_mx
-
+        the ``gguf_*`` types ggml's block bytes; F16 values for a matrix stored in F16."""
+        if self.stored_type(tuple(w.shape), config) == F16:
+            return w.detach().to(torch.float16).contiguous().cpu().numpy().tobytes()
         packed = quantize_mx(w.detach().float().contiguous(), self.name)
         if self.name.startswith("gguf_"):
             return bytes(packed.to_bytes())
@@ -93,12 +105,8 @@ class MXFormat(StorageFormat):
 
 
 def register_all() -> list[str]:
-    """Register every type of :data:`kscale.quant.mx.MX_TYPES` (none if that package is missing
-    from this checkout)."""
-    if kernel_package("kscale.quant.mx") is None:
-        return []
-    types = _types()
-    return [register_format(MXFormat(t)).name for _, t in sorted(types.items())]
+    """Register every type of :data:`kscale.quant.mx.MX_TYPES`."""
+    return [register_format(MXFormat(t)).name for _, t in sorted(MX_TYPES.items())]
 
 
 register_all()

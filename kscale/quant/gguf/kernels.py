@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kscale.registry import Registry
+from kscale.registry import Registry, did_you_mean
 
 from . import iquants, kquants, kquants_low, legacy
 from .search import use_numba
@@ -44,8 +44,6 @@ def gguf_type(name: str) -> GGUFType:
     try:
         return GGUF_TYPES[name]
     except (KeyError, TypeError):
-        from kscale.registry import did_you_mean
-
         raise ValueError(f"unknown GGUF type {name!r}.{did_you_mean(str(name), list(GGUF_TYPES))} "
                          f"Available: {', '.join(GGUF_TYPES)}") from None
 

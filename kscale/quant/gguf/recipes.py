@@ -46,7 +46,11 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from torch import nn
+
 from kscale.quant.gguf.types import GGUF_TYPES
+from kscale.quant.modules import QUANTIZABLE_TYPES, weight_matrix
+from kscale.registry import did_you_mean
 
 __all__ = ["FILE_TYPES", "ROLES", "UNQUANTIZED", "TensorAssignment", "gguf_file_type_for", "gguf_ties_embeddings",
            "hf_tensor_role", "needs_imatrix", "recipe_for_model", "recipe_for_torch_model",
@@ -136,8 +140,6 @@ def gguf_file_type_for(role: str, layer: int | None, n_layers: int, file_type: s
         n_gqa: query heads per key/value head; is_70b: llama.cpp's ``LLM_TYPE_70B``.
     """
     if file_type not in FILE_TYPES:
-        from kscale.registry import did_you_mean
-
         raise ValueError(f"unknown GGUF file type {file_type!r}.{did_you_mean(file_type, list(FILE_TYPES))} "
                          f"Available: {', '.join(FILE_TYPES)}")
     if role not in ROLES:
@@ -270,10 +272,6 @@ def recipe_for_torch_model(model: Any, file_type: str) -> dict[str, TensorAssign
     embeddings, layer count, ``n_gqa`` and 70B-ness come from ``model.config``. A head tied to the
     embedding appears under both names when llama.cpp's converter writes it twice (gpt2, bloom:
     the GGUF file then holds two tensors); otherwise only the embedding's name is listed."""
-    from torch import nn
-
-    from kscale.quant.modules import QUANTIZABLE_TYPES, weight_matrix
-
     config = getattr(model, "config", None)
     model_type = str(getattr(config, "model_type", ""))
     tied_config = bool(getattr(config, "tie_word_embeddings", False))

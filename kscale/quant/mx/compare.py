@@ -12,7 +12,9 @@ import argparse
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
+from kscale.paths import default_data_dir
 from kscale.quant.mx import fake_quantize_mx
 
 __all__ = ["PAIRS", "compare_families", "model_weights"]
@@ -23,8 +25,6 @@ ROW = 64
 
 def model_weights(model_dir: Path) -> torch.Tensor:
     """All weight matrices of a safetensors checkpoint, flattened into float32 rows of 64."""
-    from safetensors.torch import load_file
-
     files = sorted(Path(model_dir).glob("*.safetensors"))
     if not files:
         raise ValueError(f"no *.safetensors file in {model_dir}")
@@ -49,8 +49,6 @@ def compare_families(w: torch.Tensor) -> list[dict[str, float | str]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from kscale.paths import default_data_dir
-
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model_dir", nargs="?", default=str(default_data_dir() / "models" / "tiny-gpt2"))
     args = ap.parse_args(argv)

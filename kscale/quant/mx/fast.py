@@ -27,6 +27,8 @@ import numpy as np
 import torch
 
 from kscale.quant.mx.elements import ELEMENTS, FloatElement
+from kscale.quant.mx.ggml import _MIDPOINTS, KVALUES
+from kscale.quant.mx.nvidia import tensor_scale_of
 from kscale.quant.mx.types import MXType
 
 __all__ = ["available", "fake_quantize_fast"]
@@ -195,15 +197,11 @@ def fake_quantize_fast(w: torch.Tensor, mx: MXType, *, in_place: bool = False) -
     out = x if in_place else np.empty_like(x)
     xu = x.view(np.uint32)
     if mx.family == "ggml":
-        from kscale.quant.mx.ggml import _MIDPOINTS, KVALUES
-
         x = x.reshape(-1, mx.scale_values)
         out = out.reshape(-1, mx.scale_values)
         _ggml_fp4_blocks(x, x.view(np.uint32), out, mx.scales_per_block > 1, np.array(KVALUES, dtype=np.float32),
                          np.array(_MIDPOINTS, dtype=np.float32))
     elif mx.family == "nvidia":
-        from kscale.quant.mx.nvidia import tensor_scale_of
-
         _nvfp4_blocks(x, xu, out, np.float32(tensor_scale_of(w).item()))
     else:
         element = ELEMENTS[mx.element]

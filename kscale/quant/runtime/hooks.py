@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from kscale.quant.filter import ModuleFilter
+from kscale.quant.modules import quantizable_modules
 from kscale.quant.runtime.sites import KV_SITE_NAME, kv_site_for
 from kscale.quant.runtime.spec import RuntimeQuantSpec
 
@@ -82,9 +84,6 @@ def runtime_quantization(model: Any, precision: RuntimePrecision | None, *,
     Raises:
         ValueError: kv on for a model type with no registered site (before any hook exists).
     """
-    from kscale.quant.filter import ModuleFilter
-    from kscale.quant.modules import quantizable_modules
-
     handles = []
     try:
         if precision is not None and not precision.act.is_off:

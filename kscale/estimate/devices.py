@@ -96,6 +96,7 @@ def local_device_name(device: str) -> str:
     if not str(device).startswith("cuda"):
         return "cpu"
     try:
+        # on use: kscale.estimate imports without torch
         import torch
 
         label = torch.cuda.get_device_name(torch.device(device)).lower().replace(" ", "")

@@ -18,7 +18,9 @@ from typing import Any
 from kscale.estimate.devices import GIB, DeviceProfile, device_profile, local_device_name
 from kscale.estimate.sizes import (_method, calibration_tokens, forward_flops, head_params_for, n_params_for,
                                    vocab_size_for, weight_bytes_per_param)
-from kscale.estimate.tokens import _cached_tokenizer, eval_tokens
+from kscale.estimate.tokens import ZEROSHOT_SAMPLE_ITEMS, _cached_tokenizer, eval_tokens
+from kscale.results import ResultStore, row_key
+from kscale.sweep.job import cell_identity
 from kscale.estimate.training import TrainingRun, training_runs, training_summary, variant_label
 
 
@@ -95,9 +97,6 @@ GPU_FOR_CPU_PLANS = "a100"
 
 
 def _finished(plan: Any, spec: Any, done: set[str]) -> int:
-    from kscale.results import row_key
-    from kscale.sweep.job import cell_identity
-
     if plan.rerun:
         return 0
     return sum(row_key(cell_identity(plan, spec, c)) in done for c in plan.cells)
@@ -106,6 +105,7 @@ def _finished(plan: Any, spec: Any, done: set[str]) -> int:
 def _batch_rows(plan: Any, seqlen: int) -> int:
     """Rows per forward pass: the eval's ``batch_size``; ``auto`` counted as the CPU rule
     (2048 tokens per pass; on a GPU auto fills what is left, which the memory column cannot know)."""
+    # on use: kscale.estimate imports without torch
     from kscale.evaluate.batching import CPU_TOKENS_PER_BATCH
 
     size = plan.eval.batch_size
@@ -115,8 +115,8 @@ def _batch_rows(plan: Any, seqlen: int) -> int:
 def estimate_job(plan: Any, spec: Any, device: DeviceProfile, *, rate: float | None = None,
                  done: set[str] | None = None) -> JobEstimate:
     """The cost of running ``plan``'s cells on ``spec`` (only the unfinished ones count)."""
+    # on use: kscale.estimate imports without torch
     from kscale.models import get_family
-    from kscale.results import ResultStore
 
     family = get_family(spec.family)
     notes: list[str] = []
@@ -125,9 +125,6 @@ def estimate_job(plan: Any, spec: Any, device: DeviceProfile, *, rate: float | N
     finished = _finished(plan, spec, done)
     todo_cells = [c for c in plan.cells]
     if finished:
-        from kscale.results import row_key
-        from kscale.sweep.job import cell_identity
-
         todo_cells = [c for c in plan.cells if row_key(cell_identity(plan, spec, c)) not in done]
     n_params, n_source = n_params_for(plan, spec)
     toks = eval_tokens(plan, spec)
@@ -136,7 +133,6 @@ def estimate_job(plan: Any, spec: Any, device: DeviceProfile, *, rate: float | N
     if toks.missing:
         notes.append(f"not available locally, not counted: {', '.join(toks.missing)}")
     if toks.sampled:
-        from kscale.estimate.tokens import ZEROSHOT_SAMPLE_ITEMS
 
         notes.append(f"zero-shot tokens of {', '.join(toks.sampled)} scaled up from a seeded "
                      f"{ZEROSHOT_SAMPLE_ITEMS}-item sample by characters (~1 %)")
@@ -176,11 +172,11 @@ def estimate_job(plan: Any, spec: Any, device: DeviceProfile, *, rate: float | N
         # bounded by the weights (embeddings are not copied); counted at the bound
         snapshot = weights if n_quant else 0.0
     reference = activations = None
+    # on use: kscale.estimate imports without torch
+    from kscale.evaluate.reference import bytes_per_token
     from kscale.evaluate.specs import PerplexitySpec
 
     ppl_specs = [s for s in plan.eval.specs if isinstance(s, PerplexitySpec)]
-    from kscale.evaluate.reference import bytes_per_token
-
     # the reference pass keeps per scored token its NLL, argmax and (kl) top-k log-probs, in host memory
     reference = sum(toks.scored.get(s.key, 0) * bytes_per_token(s.kl_top_k if s.kl else 0) for s in ppl_specs) / GIB
     if vocab is not None:
@@ -408,8 +404,6 @@ def estimate_plans(plans: Sequence[Any], *, device: str | None = None,
         rate = probe_info["tflops"] * 1e12
     done_by_study: dict[str, set[str]] = {}
     jobs = []
-    from kscale.results import ResultStore
-
     for plan, spec in unique:
         study = str(plan.study_dir)
         if study not in done_by_study:
@@ -427,6 +421,7 @@ def probe_rate(pairs: Sequence[tuple[Any, Any]], *, repeats: int = 3) -> dict[st
     The achieved rate (2 * n_params * tokens / seconds, the same FLOP model as the estimate) then
     prices every job, so the hours include this machine's real efficiency. Loads that one model.
     """
+    # on use: kscale.estimate imports without torch
     import torch
 
     from kscale.evaluate.specs import PerplexitySpec
@@ -440,6 +435,7 @@ def probe_rate(pairs: Sequence[tuple[Any, Any]], *, repeats: int = 3) -> dict[st
     family = get_family(spec.family)
     ppl = [s for s in plan.eval.specs if isinstance(s, PerplexitySpec)]
     seqlen = (ppl[0].seqlen if ppl and ppl[0].seqlen else family.seqlen)
+    # on use: kscale.estimate imports without torch
     from kscale.models.loading import model_context
 
     ctx = model_context(loaded.model)

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 def _method(name: str):
     try:
+        # on use: kscale.estimate imports without torch
         from kscale.quant.methods import METHODS
 
         return METHODS.get(name) if name in METHODS else None
@@ -91,6 +92,7 @@ def n_params_for(plan: Any, spec: Any) -> tuple[int | None, str]:
             return counted, "config.json"
     if value is not None:
         return int(value), "model.n_params"
+    # on use: kscale.estimate imports without torch
     from kscale.models import get_family
 
     provider = get_family(spec.family).provider
@@ -109,6 +111,7 @@ def _toy_params(plan: Any, spec: Any) -> int:
 
 
 def _toy_counts(plan: Any, spec: Any) -> tuple[int, int]:
+    # on use: kscale.estimate imports without torch
     import torch
 
     from kscale.toy.ladder import SPECIAL_TOKENS, ToyOptions, data_source
@@ -143,6 +146,7 @@ def _meta_count(folder: str) -> int:
 def _meta_counts(folder: str) -> tuple[int, int]:
     """``(parameters, LM-head weights)`` of ``folder/config.json``'s architecture (meta device)."""
     if folder not in _META_COUNTS:
+        # on use: kscale.estimate imports without torch
         import torch
         from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -169,6 +173,7 @@ def head_params_for(plan: Any, spec: Any) -> int | None:
             return _meta_counts(str(folder))[1]
         except Exception:  # noqa: BLE001
             return None
+    # on use: kscale.estimate imports without torch
     from kscale.models import get_family
 
     provider = get_family(spec.family).provider

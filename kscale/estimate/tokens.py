@@ -6,6 +6,7 @@ plan: in-process caches plus JSON files under the cache dir), while the job arit
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Mapping
@@ -13,6 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from kscale.data.corpus import load_corpus
 from kscale.estimate.sizes import _local_folder
 from kscale.paths import write_text_atomic
 from kscale.registry import Registry
@@ -57,6 +61,7 @@ class EvalTokens:
 
 
 def _toy_tokenizer(plan: Any, spec: Any):
+    # on use: kscale.estimate imports without torch
     from kscale.toy.ladder import ToyOptions, data_source
     from kscale.toy.tokenizer import build_tokenizer
 
@@ -70,6 +75,7 @@ _BUILT: dict[tuple[str, str], Any] = {}
 def _shared_tokenizer(builder_name: str, data_dir: Any):
     key = (builder_name, str(data_dir))
     if key not in _BUILT:
+        # on use: kscale.estimate imports without torch
         from kscale.models import tokenizers
 
         _BUILT[key] = getattr(tokenizers, builder_name)(data_dir)
@@ -94,11 +100,13 @@ PLAN_TOKENIZERS.register("pythia-deduped", _shared("neox_tokenizer"))
 
 def plan_tokenizer(plan: Any, spec: Any) -> tuple[Any, str, bool]:
     """``(tokenizer, label, exact)`` for counting the tokens of ``spec`` without the hub."""
+    # on use: kscale.estimate imports without torch
     from kscale.models import get_family
 
     folder = _local_folder(plan, spec)
     if folder is not None and any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json",
                                                                       "vocab.json")):
+        # on use: kscale.estimate imports without torch
         from transformers import AutoTokenizer
 
         return AutoTokenizer.from_pretrained(str(folder), local_files_only=True), f"checkpoint:{folder.name}", True
@@ -107,6 +115,7 @@ def plan_tokenizer(plan: Any, spec: Any) -> tuple[Any, str, bool]:
         if name and name in PLAN_TOKENIZERS:
             return PLAN_TOKENIZERS.get(name)(plan, spec), name, True
     try:  # the local Hugging Face cache, if the checkpoint was downloaded before
+        # on use: kscale.estimate imports without torch
         from transformers import AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(spec.checkpoint, local_files_only=True)
@@ -130,6 +139,7 @@ def _cached_tokenizer(plan: Any, spec: Any) -> tuple[Any, str, bool]:
 
 def eval_tokens(plan: Any, spec: Any) -> EvalTokens:
     """Tokens one evaluation of ``plan.eval`` reads on ``spec``'s model (see the module doc)."""
+    # on use: kscale.estimate imports without torch
     from kscale.evaluate.specs import PerplexitySpec
     from kscale.models import get_family
 
@@ -181,8 +191,7 @@ def eval_tokens(plan: Any, spec: Any) -> EvalTokens:
 
 def _token_cache_file(plan: Any, tokenizer: Any, key: tuple):
     """Where the token counts of one (tokenizer, eval) live in the cache dir (None without one)."""
-    import hashlib
-
+    # on use: kscale.estimate imports without torch
     from kscale.evaluate.perplexity import tokenizer_fingerprint
 
     if getattr(plan, "cache_dir", None) is None:
@@ -198,7 +207,7 @@ def _corpus_options(plan: Any, family: Any, dataset: str) -> dict[str, Any]:
 def _ppl_tokens(plan, family, tokenizer, s) -> tuple[int, int, int]:
     """The protocol's windows on the local corpus: ``(windows, tokens read = sum(len - 1),
     tokens scored = sum(n_pred))``."""
-    from kscale.data.corpus import load_corpus
+    # on use: kscale.estimate imports without torch
     from kscale.evaluate.perplexity import PROTOCOLS, apply_budget, budget_stream, tokenize_corpus
     from kscale.evaluate.zeroshot import prefix_token_id
 
@@ -221,8 +230,6 @@ def _zeroshot_tokens(plan, family, tokenizer, s, spec) -> tuple[int, int, bool]:
     """``(tokens read, tokens scored, sampled)`` over every request, as ``encode_pair`` splits it
     and ``request_window`` left-truncates it at the model context; a task of more than
     :data:`ZEROSHOT_SAMPLE_ITEMS` items is counted on a seeded sample and scaled up."""
-    import numpy as np
-
     items = _task_items(s.task, plan.data_dir, s.limit)
     scale_read = scale_scored = 1.0
     sampled = len(items) > ZEROSHOT_SAMPLE_ITEMS
@@ -255,6 +262,7 @@ _ITEMS: dict[tuple, list] = {}
 
 def _task_items(task: str, data_dir: Any, limit: int | None) -> list:
     """A task's items, parsed once per process (every tokenizer of a plan counts the same items)."""
+    # on use: kscale.estimate imports without torch
     from kscale.evaluate.zeroshot import load_task_items
 
     key = (task, str(data_dir), limit)

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from kscale.fit.noise import se_column
-from kscale.pareto import _usable, pareto_frontier
+from kscale.pareto import _usable, pareto_frontier, precision_curve
 from kscale.plots.style import (_LINESTYLES, _MARKERS, _better_sign, _bits_colors, _bits_name, _group_label,
                                 _panel_legend, error_bars, log_axis, metric_label)
 
@@ -18,8 +18,6 @@ def plot_bits_scaling(df: pd.DataFrame, metric: str, *, title: str | None = None
     ``known_E``: the irreducible loss when it is known exactly (the toy language's entropy rate,
     in the metric's units), drawn as a horizontal line: no model, at any precision, can go below.
     """
-    from kscale.pareto import precision_curve
-
     data = _usable(df, metric, "total_bits")
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     colors = _bits_colors(data["bits"]) if len(data) else {}

@@ -19,7 +19,7 @@ from matplotlib.ticker import FuncFormatter, LogFormatterSciNotation, LogLocator
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from kscale.fit.core import _group_label  # noqa: E402
+from kscale.fit.core import _group_label, higher_is_better  # noqa: E402
 from kscale.fit.noise import se_column  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -104,8 +104,6 @@ def save_figure(fig, out_dir: str | Path, name: str) -> list[Path]:
 
 
 def _better_sign(metric: str) -> float:
-    from kscale.fit.core import higher_is_better
-
     return -1.0 if higher_is_better(metric) else 1.0
 
 

@@ -16,6 +16,7 @@ from torch import nn
 
 from kscale.quant.filter import ModuleFilter
 from kscale.quant.formats import format_of
+from kscale.quant.formats.base import F16
 from kscale.quant.modules import quantizable_modules, weight_matrix
 from kscale.quant.spec import QuantSpec
 
@@ -25,7 +26,8 @@ __all__ = ["BitLedger", "LedgerRow", "ledger_for", "recipe_ledger", "tensor_row"
 @dataclass(frozen=True)
 class LedgerRow:
     """Cost of one quantized weight matrix: ``numel`` weights (kept columns included);
-    ``stored_type``: its GGUF type when a per-tensor recipe chose it (None otherwise)."""
+    ``stored_type``: what it is stored as when the format decides per tensor (a recipe's GGUF
+    type, a GGUF type's fallback, ``f16`` for rows a block format cannot block; None otherwise)."""
 
     name: str
     numel: int
@@ -63,8 +65,10 @@ class BitLedger:
       scale_bits=16 (§5.2); 4.5 with scale_bits=32. NaN when nothing is quantized.
     - A per-tensor recipe (llama.cpp file types, ``ftype_*``): the rows are every tensor the
       recipe stores -- token embedding and output head included, a tied pair once -- each at
-      its own type's exact ggml size; ``scope`` (row column ``quant_scope``) says so, and
-      ``gguf_types`` counts the weights stored in each type.
+      its own type's exact ggml size; ``scope`` (row column ``quant_scope``) says so.
+    - ``stored_types`` counts the weights stored in each type wherever the format decides that
+      per tensor (recipes; GGUF and MX types, whose matrices with rows that are not whole blocks
+      fall back, to F16 at the last: ``f16`` counts those, at 16 bits each).
     """
 
     rows: tuple[LedgerRow, ...]
@@ -101,7 +105,7 @@ class BitLedger:
 
     @property
     def type_census(self) -> dict[str, int]:
-        """Weights stored in each per-tensor type (empty unless a recipe chose the types)."""
+        """Weights stored in each per-tensor type (empty unless the format decides per tensor)."""
         census: dict[str, int] = {}
         for r in self.rows:
             if r.stored_type is not None:
@@ -109,7 +113,8 @@ class BitLedger:
         return dict(sorted(census.items()))
 
     def to_row(self) -> dict[str, Any]:
-        """Measurement columns for result rows (``quant_scope`` and ``gguf_types`` for recipes)."""
+        """Measurement columns for result rows (``quant_scope`` for recipes and F16 fallbacks,
+        ``stored_types`` where the format decides per tensor)."""
         row = {
             "n_params": self.n_params,
             "n_quantized": self.n_quantized,
@@ -123,7 +128,7 @@ class BitLedger:
             row["quant_scope"] = self.scope
         census = self.type_census
         if census:
-            row["gguf_types"] = json.dumps(census, separators=(",", ":"))
+            row["stored_types"] = json.dumps(census, separators=(",", ":"))
         return row
 
 
@@ -131,9 +136,11 @@ def tensor_row(name: str, shape: tuple[int, ...], spec: Any, n_kept_columns: int
     """Ledger row of one [out, in] matrix stored in ``spec``'s format (a format config, e.g. a
     :class:`QuantSpec`); the format computes the exact cost (``kscale.quant.formats``).
     ``n_kept_columns`` input columns stay in 16 bit and are left out of the block layout."""
-    cost = format_of(spec).tensor_cost(tuple(shape), spec, n_kept_columns)
+    fmt = format_of(spec)
+    cost = fmt.tensor_cost(tuple(shape), spec, n_kept_columns)
     numel = int(shape[0]) * int(shape[1])
-    return LedgerRow(name, numel, cost.payload_bits, cost.constant_bits, cost.other_bits)
+    kind = None if getattr(spec, "is_baseline", False) else fmt.stored_type(tuple(shape), spec)
+    return LedgerRow(name, numel, cost.payload_bits, cost.constant_bits, cost.other_bits, kind)
 
 
 def _check_keep_columns(
@@ -207,7 +214,20 @@ def ledger_for(
         n_kept = int(keep[name].sum()) if name in keep else 0
         rows.append(tensor_row(name, tuple(weight_matrix(module).shape), spec, n_kept))
         tensors.append(module.weight)
-    return build_ledger(model, rows, tensors, unquantized_param_bits)
+    return build_ledger(model, rows, tensors, unquantized_param_bits,
+                        scope=_fallback_scope(rows, fmt, module_filter))
+
+
+def _fallback_scope(rows: list[LedgerRow], fmt: Any, module_filter: ModuleFilter | None) -> str | None:
+    """``quant_scope`` of a ledger some of whose matrices fell back to F16 (None when none did:
+    the sweep's scope column then stands): the filter's scope plus what was stored in F16."""
+    n_f16 = sum(1 for r in rows if r.stored_type == F16)
+    if not n_f16:
+        return None
+    mf = ModuleFilter() if module_filter is None else module_filter
+    return (f"nn.Linear+Conv1D include={','.join(mf.include)} exclude={','.join(mf.exclude)}; other "
+            f"params counted at 16 bit; {n_f16} of {len(rows)} matrices stored in F16 (rows not whole "
+            f"{fmt.name} blocks: unquantized, 16 bits per weight; see stored_types)")
 
 
 def recipe_ledger(model: nn.Module, spec: Any, unquantized_param_bits: int | None = 16) -> BitLedger:

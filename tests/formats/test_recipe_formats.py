@@ -124,7 +124,7 @@ def test_ledger_counts_every_tensor_at_its_type_exactly(gpt2, llama, file_type):
         ledger = ledger_for(model, FORMATS.get(f"ftype_{file_type}").configure())
         assert ledger.total_bits == expected
         row = ledger.to_row()
-        census = json.loads(row["gguf_types"])
+        census = json.loads(row["stored_types"])
         assert sum(census.values()) == ledger.n_quantized
         assert census == {t: sum(modules[n].weight.numel() for n in types if types[n] == t)
                           for t in sorted(set(types.values()))}
@@ -227,7 +227,7 @@ def test_two_cell_sweep_with_a_recipe_format(tmp_path):
     assert sorted(df["status"]) == ["ok", "ok"]
     row = df[df["format"] == "ftype_q4_k_m"].iloc[0]
     # rows of 32 and 128: q4_k -> q5_0; q6_k (tied wte = head, layer 1's attn_qkv and ffn_down) -> q8_0
-    assert json.loads(row["gguf_types"]) == {"q5_0": 2 * (32 * 32 + 128 * 32) + 96 * 32 + 32 * 128,
+    assert json.loads(row["stored_types"]) == {"q5_0": 2 * (32 * 32 + 128 * 32) + 96 * 32 + 32 * 128,
                                              "q8_0": 50257 * 32 + 96 * 32 + 32 * 128}
     assert row["total_bits"] == ledger_for(model, FORMATS.get("ftype_q4_k_m").configure()).total_bits
     assert "output head" in row["quant_scope"]

@@ -9,7 +9,7 @@ types -- so ``format=ftype_q4_k_m`` is one value of the sweep's format axis like
 What such a format quantizes is the recipe's, not the family's module filter: every 2-D weight
 of the model (linear layers, the token embedding, the head) at the type the recipe gives it;
 position embeddings, norms and biases stay at 16 bits as in llama.cpp. The ledger counts every
-tensor at its type's exact ggml size and says so in ``quant_scope``; rows carry ``gguf_types``,
+tensor at its type's exact ggml size and says so in ``quant_scope``; rows carry ``stored_types``,
 the number of weights stored in each type (JSON).
 
 Tied embeddings: kscale's model holds one tensor for the embedding and the head, so it is stored

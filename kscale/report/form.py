@@ -23,7 +23,8 @@ import pandas as pd
 
 from kscale.fit.core import _target
 from kscale.fit.noise import noise_of, se_column
-from kscale.fit.paired_noise import NOISE_KIND_WORDS, paired_se_column, pairwise_paired_se
+from kscale.fit.paired_noise import NOISE_KIND_WORDS, difference_noise, paired_se_column, pairwise_paired_se
+from kscale.pareto import NOISE_SE
 from kscale.report.text import fmt
 
 #: Mean in-sample log residual of one size beyond this (3 %) is a size pattern (issue 17 §1).
@@ -92,6 +93,34 @@ def effect_noise(fit, rows: pd.DataFrame, metric: str) -> tuple[float, str]:
             "the fit residual scale; the evaluation noise is unknown")
 
 
+def measured_spread(fit, rows: pd.DataFrame, metric: str) -> tuple[float, float, str | None]:
+    """(measured spread across precisions at the largest fitted size: best minus worst cell, the SE
+    of that difference, which noise it is): what the measurements resolve where the law may not."""
+    n = float(fit.data["n_params"].astype(float).max())
+    at = rows[pd.to_numeric(rows["n_params"], errors="coerce") == n] if "n_params" in rows.columns else rows.iloc[:0]
+    if "status" in at.columns:
+        at = at[at["status"].astype(str) == "ok"]
+    v = pd.to_numeric(at[metric], errors="coerce") if metric in at.columns else pd.Series(dtype=float)
+    if v.notna().sum() < 2:
+        return np.nan, np.nan, None
+    hi_row, lo_row = at.loc[v.idxmax()], at.loc[v.idxmin()]
+    se, kind = difference_noise(hi_row, lo_row, metric)
+    return float(v.max() - v.min()), se, kind
+
+
+def _measured_spread_words(fit, rows: pd.DataFrame, metric: str) -> str:
+    spread, se, kind = measured_spread(fit, rows, metric)
+    if not np.isfinite(spread):
+        return ""
+    text = f" Measured there, the cells span {fmt(spread)}"
+    if kind is None or not np.isfinite(se):
+        return text + " (evaluation noise unknown)."
+    resolved = spread >= NOISE_SE * se
+    return (text + f" ± {fmt(se)} ({NOISE_KIND_WORDS[kind]} of that difference): "
+            + ("a precision effect the measurements resolve and the law does not pin down." if resolved else
+               "within the noise, so the measurements do not resolve a precision effect either."))
+
+
 def size_pattern(fit) -> tuple[float, float]:
     """(most negative, most positive) mean in-sample log residual per model size."""
     size = "n_params" if "n_params" in fit.data.columns else None
@@ -125,7 +154,7 @@ def form_check(fit, boot, rows: pd.DataFrame, metric: str) -> FormCheck:
                 "where the law no longer distinguishes precisions"
                 + (f" ({'; '.join(params)})" if params else "")
                 + "; the k it names there follows from the form (the cheapest precision wins when precision does "
-                "not matter), not from the measurements.")
+                "not matter), not from the measurements." + _measured_spread_words(fit, rows, metric))
     if spec.budget_free_optimum:
         sentences.append(f"Under `{spec.name}` the optimal k cannot depend on the budget (the form fixes the "
                          "ranking of precisions at every total-bits budget), so a constant answer across budgets "
@@ -143,5 +172,5 @@ def effect_phrase(check: FormCheck) -> str:
     return f"{fmt(full)} [{fmt(lo)}, {fmt(hi)}]" if np.isfinite(full) else "n/a"
 
 
-__all__ = ["FormCheck", "SIZE_PATTERN", "effect_noise", "effect_phrase", "form_check", "precision_effect_interval",
-           "size_pattern"]
+__all__ = ["FormCheck", "SIZE_PATTERN", "effect_noise", "effect_phrase", "form_check", "measured_spread",
+           "precision_effect_interval", "size_pattern"]

@@ -12,7 +12,7 @@ from kscale.fit import bootstrap_law, fit_law
 from kscale.fit.paired_noise import difference_noise, use_paired_estimates
 from kscale.pareto import best_per_budget, compare_at_equal_size
 from kscale.report.context import ReportOptions, StudyContext
-from kscale.report.form import effect_noise, form_check
+from kscale.report.form import effect_noise, form_check, measured_spread
 from kscale.report.inputs import metric_columns
 from kscale.report.sections.crossovers import crossover_section
 from kscale.report.sections.frontier import frontier_section
@@ -117,6 +117,11 @@ def test_a_small_precision_effect_is_identified_against_paired_noise_not_against
     assert paired.identified and math.isclose(paired.tolerance, 2 * float(np.median([PAIRED_SE] + [DIFF_SE] * 3 + [PAIRED_SE] * 2)))
     assert not absolute.identified and math.isclose(absolute.tolerance, 2 * math.sqrt(2) * ABS_SE)
     assert "2 absolute SE of a difference" in absolute.sentences[0]
+    # next to it, the measured spread there (3-bit vs 16-bit: 0.1/8 nats) with the noise of that difference
+    assert "Measured there, the cells span 0.0125 ± 0.01697 (absolute SE of that difference): within the noise" \
+        in absolute.sentences[0]
+    spread, se, kind = measured_spread(fit, rows, "nll_toy")
+    assert math.isclose(spread, 0.1 / 8) and (se, kind) == (PAIRED_SE, "paired")  # exact: 16-bit's paired SE is 0
 
 
 def _law_rows(stop_at: int | None = None, effect: float = 0.5) -> pd.DataFrame:

@@ -246,8 +246,9 @@ def _model_plan(model: Mapping[str, Any], *, check_hub: bool = True) -> tuple[li
     except ValueError as err:
         raise ConfigError(f"invalid model config: {err}") from None
     sizes = model.get("sizes")
-    provider_options = dict(kw.get("provider_options") or {})
-    _check_training_options(model["name"], provider_options)
+    provider_options = _training_options(model["name"], dict(kw.get("provider_options") or {}))
+    if "provider_options" in kw:
+        kw["provider_options"] = provider_options
     try:
         specs = resolve_models(model["name"], sizes, check_hub=check_hub, **kw)
     except ModelConfigError as err:
@@ -258,22 +259,25 @@ def _model_plan(model: Mapping[str, Any], *, check_hub: bool = True) -> tuple[li
     return specs, provider_options
 
 
-def _check_training_options(family_name: str, provider_options: Mapping[str, Any]) -> None:
+def _training_options(family_name: str, provider_options: dict[str, Any]) -> dict[str, Any]:
     """Training precision (``kscale.sweep.grid.TRAINING_AXES``) only for a family kscale trains:
     a published checkpoint cannot be retrained by an option, so the option would be silently
-    ignored and rows would claim a precision nobody trained at."""
+    ignored and rows would claim a precision nobody trained at. Returns the options without those
+    at full precision (``TRAINING_DEFAULTS``): the same model keeps the same identity."""
     from kscale.models import FAMILIES
-    from kscale.sweep.grid import TRAINING_AXES
+    from kscale.sweep.grid import TRAINING_AXES, TRAINING_DEFAULTS
 
     given = [a for a in TRAINING_AXES if a.rsplit(".", 1)[1] in provider_options]
     if not given or family_name not in FAMILIES:
-        return  # an unknown family fails in resolve_models with did-you-mean
+        return provider_options  # an unknown family fails in resolve_models with did-you-mean
     provider = FAMILIES.get(family_name).provider
     if provider is None:
         trained = [n for n, f in FAMILIES.items() if f.provider]
         raise ConfigError(f"invalid override {given[0]}: training precision applies to families whose "
                           f"checkpoints kscale trains ({', '.join(trained) or 'none'}); "
                           f"model={family_name} loads published checkpoints")
+    return {k: v for k, v in provider_options.items()
+            if not (k in TRAINING_DEFAULTS and not isinstance(v, bool) and v == TRAINING_DEFAULTS[k])}
 
 
 def _eval_plan(cfg: Any, ev: Mapping[str, Any]) -> EvalPlan:

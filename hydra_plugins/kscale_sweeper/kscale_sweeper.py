@@ -215,8 +215,9 @@ class KscaleSweeper(Sweeper):
                     continue
                 overrides = list(base) + [f"model.sizes=[{_quote(spec.size)}]"]
                 revision = getattr(spec, "revision", None)
-                if has_revisions and revision is not None:
-                    overrides.append(f"model.revisions=[{_quote(revision)}]")
+                if has_revisions:  # null too: else the job would re-read an experiment's revisions
+                    overrides.append(f"model.revisions=[{_quote(revision)}]" if revision is not None
+                                     else "model.revisions=null")
                 jobs.append((overrides, plan, spec))
         return jobs, plans, models
 

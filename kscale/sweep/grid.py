@@ -48,6 +48,9 @@ MODEL_AXES: tuple[str, ...] = ("model.sizes", "model.revisions")
 #: sweeper adds them with ``++``), and a family whose provider takes none is rejected by the config.
 TRAINING_AXES: tuple[str, ...] = tuple(
     f"model.provider_options.{k}" for k in ("train_bits_w", "train_bits_a", "train_bits_kv", "qat_from"))
+#: Their full-precision values: an option set to its default is dropped from the model's options,
+#: so ``train_bits_w=4,16`` runs the 16-bit build as the default ladder (same rows, same keys).
+TRAINING_DEFAULTS: dict[str, Any] = {"train_bits_w": 16, "train_bits_a": 16, "train_bits_kv": 16, "qat_from": 0.0}
 SPEC_FIELDS: tuple[str, ...] = (
     "bits", "dtype", "blocksize", "exponent_bits", "centered", "scale_bits", "outlier_frac",
 )

@@ -40,7 +40,8 @@ def robustification(rows: pd.DataFrame, metric: str) -> list[dict]:
     at k made quantization to k hurt less)."""
     df = rows.copy()
     keys = [k for k in _MODEL_KEYS if k in df.columns]
-    df[keys] = df[keys].astype(str)
+    for k in keys:  # a missing revision (the final checkpoint) is a key too, not a row to drop
+        df[k] = [("-" if v is None or v != v else str(v)) for v in df[k]]
     loss = df.groupby(keys + ["train_bits_w", "bits"])[metric].mean()
     out = []
     for k in sorted(set(df["bits"]) & set(df["train_bits_w"]) - {FULL}):

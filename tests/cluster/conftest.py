@@ -35,6 +35,9 @@ def cluster_unavailable() -> str | None:
     return None
 
 
+#: sacct states of a job that has not ended yet
+_LIVE_STATES = frozenset({"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED"})
+
 @dataclass(frozen=True)
 class Cluster:
     """A running cluster: ``env`` is os.environ plus its ``SLURM_CONF``."""
@@ -49,11 +52,22 @@ class Cluster:
             raise AssertionError(f"{' '.join(args)} -> {proc.returncode}: {proc.stderr}")
         return proc.stdout
 
-    def states(self, job_id: str) -> list[tuple[str, str]]:
-        """``(JobID, State)`` of every record of a job (array tasks, requeued runs included)."""
-        out = self.slurm("sacct", "-j", job_id, "-X", "-n", "-P", "--duplicates",
-                         "-o", "JobID,State")
-        return [tuple(line.split("|")) for line in out.splitlines() if line.strip()]
+    def states(self, job_id: str, timeout: float = 60) -> list[tuple[str, str]]:
+        """``(JobID, State)`` of every record of a job (array tasks, requeued runs included).
+
+        Waits until every record is final: the accounting database learns of a task's end a
+        moment after the task's last row is written (slurmd -> slurmctld -> slurmdbd), so a
+        launcher that has already returned can still read RUNNING or COMPLETING.
+        """
+        deadline = time.time() + timeout
+        while True:
+            out = self.slurm("sacct", "-j", job_id, "-X", "-n", "-P", "--duplicates",
+                             "-o", "JobID,State")
+            records = [tuple(line.split("|")) for line in out.splitlines() if line.strip()]
+            live = [r for r in records if r[1].split()[0] in _LIVE_STATES]
+            if not live or time.time() > deadline:
+                return records
+            time.sleep(0.5)
 
     def wait_idle(self, timeout: float = 60) -> None:
         """Until no job is queued or running (jobs a test cancelled are gone)."""

@@ -29,6 +29,7 @@ import math
 import os
 import socket
 import time
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -222,7 +223,7 @@ def load_results(path: str | os.PathLike, *, all_statuses: bool = True,
 
 
 def _load_results(path: str | os.PathLike, *, all_statuses: bool):
-    import pandas as pd
+    import pandas as pd  # on use: kscale.results (the sweeper reads it) stays free of pandas/numpy
 
     path = Path(path)
     if path.suffix == ".parquet":
@@ -346,9 +347,7 @@ def add_delta(df, metric: str, *, keys: tuple[str, ...] = DELTA_KEYS):
     Raises:
         ValueError: ``metric`` is not a column, or the table has no ``method``/``bits`` columns.
     """
-    import warnings
-
-    import numpy as np
+    import numpy as np  # on use: kscale.results (the sweeper reads it) stays free of pandas/numpy
 
     if metric not in df.columns:
         raise ValueError(f"metric column {metric!r} is not in the results table; columns: {sorted(df.columns)}")
@@ -390,12 +389,12 @@ def add_delta(df, metric: str, *, keys: tuple[str, ...] = DELTA_KEYS):
 
 
 def _numeric(series):
-    import pandas as pd
+    import pandas as pd  # on use: kscale.results (the sweeper reads it) stays free of pandas/numpy
 
     return pd.to_numeric(series, errors="coerce").astype(float)
 
 
 def _all_same(df):
-    import pandas as pd
+    import pandas as pd  # on use: kscale.results (the sweeper reads it) stays free of pandas/numpy
 
     return pd.Series("all", index=df.index)

@@ -187,7 +187,7 @@ class Tracker:
 
 def _init_run(spec: TrackingSpec, *, group: str, name: str, job_type: str,
               config: Mapping[str, Any]) -> Any:
-    import wandb
+    import wandb  # on use: wandb takes seconds to import, and only a run that tracks needs it
 
     if spec.dir:
         os.makedirs(spec.dir, exist_ok=True)
@@ -203,7 +203,7 @@ class WandbTracker(Tracker):
 
     def __init__(self, spec: TrackingSpec, *, group: str, name: str,
                  config: Mapping[str, Any]) -> None:
-        import wandb
+        import wandb  # on use: wandb takes seconds to import, and only a run that tracks needs it
 
         self._wandb = wandb
         self.run = _init_run(spec, group=group, name=name, job_type="sweep-job", config=config)
@@ -272,7 +272,7 @@ def log_study(spec: TrackingSpec, study_dir: str | Path, *, report: Any = None) 
     Nothing is imported or written with ``mode="disabled"``."""
     if spec.mode == "disabled":
         return
-    import wandb
+    import wandb  # on use: wandb takes seconds to import, and only a run that tracks needs it
 
     study_dir = Path(study_dir)
     df = load_results(study_dir)

@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from kscale.estimate.devices import DeviceProfile
+from kscale.estimate.sizes import n_params_for
+from kscale.paths import default_cache_dir
 from kscale.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -63,13 +65,11 @@ class TrainingRun:
 
 
 def _toy_run(plan: Any, spec: Any, device: DeviceProfile) -> TrainingRun:
+    # on use: kscale.estimate imports without torch
     from kscale.models import PROVIDERS
-    from kscale.paths import default_cache_dir
     from kscale.toy.ladder import ToyOptions, planned_tokens
 
     opts = ToyOptions.from_mapping(plan.provider_options)
-    from kscale.estimate.sizes import n_params_for
-
     final = PROVIDERS.get("toy").locate(spec.size, plan.provider_options)
     tokens = planned_tokens(spec.size, opts)
     n, _ = n_params_for(plan, spec)
@@ -90,6 +90,7 @@ def _toy_run(plan: Any, spec: Any, device: DeviceProfile) -> TrainingRun:
 def variant_label(plan: Any, spec: Any) -> str:
     """``w4,kv8`` (``qat_from0.5`` appended): the training precision of a provider-built model
     apart from full precision; "" for the default build or a family kscale does not train."""
+    # on use: kscale.estimate imports without torch
     from kscale.models import PROVIDERS, get_family
 
     provider = get_family(spec.family).provider
@@ -126,6 +127,7 @@ TRAINING_COSTS.register("toy", _toy_run)
 
 def training_runs(pairs: Iterable[tuple[Any, Any]], device: DeviceProfile) -> list[TrainingRun]:
     """One :class:`TrainingRun` per distinct (build options, size) among the plan's models."""
+    # on use: kscale.estimate imports without torch
     from kscale.models import get_family
 
     runs: dict[tuple, TrainingRun] = {}

@@ -40,7 +40,7 @@ def _ok(df: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 
 def _lower_better(metric: str) -> bool:
-    from kscale.fit.core import higher_is_better
+    from kscale.fit.core import higher_is_better  # on use: kscale.references imports without torch
 
     return not higher_is_better(metric)
 
@@ -48,7 +48,7 @@ def _lower_better(metric: str) -> bool:
 def four_bit_optimal(df: pd.DataFrame, metric: str | None = None, *, families: Sequence[str] | None = None
                      ) -> FindingResult:
     """Finding 1: per family, 4-bit beats every other precision over their shared total-bits range."""
-    from kscale.pareto import crossover
+    from kscale.pareto import crossover  # on use: kscale.references imports without torch
 
     name = "four-bit-optimal"
     metric = metric or default_metric(df)

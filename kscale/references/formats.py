@@ -45,6 +45,7 @@ def ledger_check(name: str, shape: tuple[int, int] = (4096, 4096)) -> dict[str, 
     format ``name.lower()`` (``None`` with a note when this checkout has no such format);
     ``blockwise_bpw`` the cost of the equivalent ``QuantSpec`` where one exists.
     """
+    # on use: kscale.references imports without torch
     from kscale.quant import FORMATS as KSCALE_FORMATS
     from kscale.quant import QuantSpec
     from kscale.quant.ledger import tensor_row

@@ -111,7 +111,9 @@ def test_sweep_overview_notebook(kernel_env, monkeypatch):
     _assert_clean_run(nb)
     assert "toy-study" in _text(_tagged(nb, "setup"))
     overview = _text(_tagged(nb, "overview-table"))
-    assert "n_params" in overview and "L4-d48" in overview
+    import pandas as pd
+    largest = pd.read_parquet(STUDY / "table.parquet").sort_values("n_params")["size"].iloc[-1]
+    assert "n_params" in overview and largest in overview
     assert "dtype = `nf`" in "".join(o.data.get("text/markdown", "") for o in _tagged(nb, "pivot").outputs
                                      if o.output_type == "display_data")
     assert "above H" in _text(_tagged(nb, "baseline-entropy"))
@@ -165,10 +167,12 @@ def test_formats_notebook(kernel_env, monkeypatch):
     nb = _execute("04-formats.ipynb", monkeypatch)
     _assert_clean_run(nb)
     assert "study: toy-formats" in _text(_tagged(nb, "setup"))
-    # the toy rungs' rows of 16/24/48 values: MX formats cannot store them, GGUF types keep them in F16
+    # the toy rungs' rows of 16/24/48 values: GGUF and MX types store those matrices in F16
     stored = _text(_tagged(nb, "stored"))
-    assert "126 cells ok, 26 not storable" in stored and "a row of 16 is not a multiple" in stored
-    assert "12.1667" in stored  # q4_0 on L2-d16: two thirds of the weights in F16
+    assert "152 cells ok, 0 not storable" in stored
+    assert "12.1667" in stored  # q4_0 on L2-d16: two thirds of the weights in F16 (2/3 x 16 + 1/3 x 4.5)
+    assert "12.0833" in stored  # mxfp4 on L2-d16: the same two thirds in F16 (2/3 x 16 + 1/3 x 4.25)
+    assert "0.6667" in stored  # their F16 share, from the rows' stored_types census
     assert "alpha = " in _text(_tagged(nb, "offsets")) and "known" in _text(_tagged(nb, "offsets"))
     assert "P(best)" in _text(_tagged(nb, "ranking"))
     assert _n_images(_tagged(nb, "figure")) == 1

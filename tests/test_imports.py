@@ -159,10 +159,8 @@ def _module_circle(package: str) -> str | None:
     return None
 
 
-#: Known circles, shown as strict xfails so they stay visible and the mark goes once one is fixed:
-#: kscale.toy is being reworked elsewhere (sources imports options too), so it is recorded, not fixed.
-_KNOWN_MODULE_CIRCLES = {"kscale.toy": "ladder -> options -> reproducible -> (in a function) ladder: "
-                                       "issue 21 §5, left while toy is reworked"}
+#: Known circles, shown as strict xfails so they stay visible and the mark goes once one is fixed
+_KNOWN_MODULE_CIRCLES: dict[str, str] = {}
 
 
 @pytest.mark.parametrize("package", sorted({_package(n) for n in _module_paths()} - {"kscale"}))

@@ -49,7 +49,7 @@ PINNED_ENV: dict[str, str] = {
 }
 
 #: The child's program (``-c``, not ``-m``: the package already imports this module).
-_CHILD_MAIN = "import sys; from kscale.toy.reproducible import main; sys.exit(main(sys.argv[1:]))"
+_CHILD_MAIN = "import sys; from kscale.toy.child import main; sys.exit(main(sys.argv[1:]))"
 
 #: Set in the child, so its ToyProvider trains in-process instead of starting another child.
 CHILD_FLAG = "KSCALE_TOY_PINNED_CHILD"
@@ -125,7 +125,7 @@ def observed_numerics() -> dict[str, Any]:
     }
 
 
-def _configure_child() -> None:
+def configure_child() -> None:
     import torch
 
     torch.backends.mkldnn.enabled = False
@@ -135,19 +135,3 @@ def _configure_child() -> None:
         log.warning("this CPU runs ATen's %s kernels, not the pinned %s ones: toy weights trained here "
                     "will not be bit-identical to other machines' (recorded in train_stats.json)",
                     capability, PINNED_ENV["ATEN_CPU_CAPABILITY"].upper())
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Child entry point (:data:`_CHILD_MAIN`): ``main(['<json request>'])``."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if not in_pinned_child():
-        raise SystemExit("kscale.toy.reproducible is started by ToyProvider.ensure, with a pinned environment")
-    request = json.loads((argv if argv is not None else sys.argv[1:])[0])
-    _configure_child()
-    from kscale.toy.ladder import ToyProvider
-
-    provider = ToyProvider()
-    provider.ensure(request["sizes"], request["options"], revisions=request["revisions"])
-    print(json.dumps({"n_trained": provider.n_trained}), flush=True)
-    return 0
-

@@ -183,14 +183,16 @@ def test_calibration_tokens_from_local_wikitext2(data_dir):
 def test_toy_ladder_gptq_beats_rtn_at_3_bits():
     """End to end on a trained toy model (GPT-2 architecture, Conv1D): calibrate on the toy
     language's validation split, evaluate on its test split. GPTQ must lose less than half of
-    what round-to-nearest loses at 3 bits (measured: RTN +0.009 nats/token, GPTQ +0.002)."""
+    what round-to-nearest loses at 3 bits (measured on L2-d16: RTN +0.0049 nats/token, GPTQ +0.0006)."""
     from kscale.data import load_corpus
     from kscale.quant import WeightSnapshot
     from kscale.toy.ladder import ToyProvider
 
     # The same cheap ladder settings as the sweep end-to-end test, so the session cache is shared.
-    toy_options = {"tokens_per_param": 2, "progress": False}
-    path = ToyProvider().ensure(["L1-d16"], toy_options)["L1-d16"]
+    # the default ladder's smallest rung, fully trained: on the toy language a barely trained rung
+    # loses less to 3-bit rounding than its evaluation noise, and nothing could be compared
+    toy_options = {"progress": False}
+    path = ToyProvider().ensure(["L2-d16"], toy_options)["L2-d16"]
     model = transformers.AutoModelForCausalLM.from_pretrained(path).eval()
     tok = transformers.AutoTokenizer.from_pretrained(path)
     ids = torch.tensor(tok(load_corpus("toy", split="test", n_tokens=20_000, **toy_options).joined())["input_ids"])

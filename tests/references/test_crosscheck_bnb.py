@@ -56,7 +56,10 @@ def test_linear4bit_matches_fake_quant_within_1e3_nats(trained, tmp_path):
                      module_filter=fam.module_filter)
     assert res.kernel == "bnb-nf4"
     assert abs(res.delta("nll_toy")) < 1e-3
-    assert res.fake["nll_toy"] - base > 1e-3  # quantization is visible, so agreement means something
+    # quantization is visible (the new toy language's rungs lose ~6e-4 nats at nf4), and the two
+    # kernels agree to a small fraction of it, so agreement means something
+    assert res.fake["nll_toy"] - base > 1e-4
+    assert abs(res.delta("nll_toy")) < 0.05 * (res.fake["nll_toy"] - base)
     assert run(loaded.model)["nll_toy"] == base  # the 16-bit model is restored after both passes
     row = json.loads(write_crosscheck(res, tmp_path / "cc.jsonl").read_text().splitlines()[0])
     assert row["kernel_nll_toy"] == pytest.approx(res.kernel_metrics["nll_toy"]) and "delta_kernel_nll_toy" in row

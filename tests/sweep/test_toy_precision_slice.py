@@ -20,9 +20,11 @@ SLICE = ["experiment=toy_precision", "model.sizes=[L1-d4]", "model.revisions=nul
          "eval.perplexity=[{dataset:toy,max_tokens:1024}]", "progress=false", "bits=[4,16]", "name=slice"]
 
 
-def _sweep(*args: str) -> subprocess.CompletedProcess:
+def _sweep(*args: str, cache: Path) -> subprocess.CompletedProcess:
+    # its own cache: the session's shared one may already hold the 16-bit L1-d4 another test trained
+    env = dict(os.environ, HYDRA_FULL_ERROR="0", KSCALE_CACHE_DIR=str(cache))
     proc = subprocess.run([sys.executable, str(ROOT / "run_sweep.py"), *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=600, env=dict(os.environ, HYDRA_FULL_ERROR="0"))
+                          text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
 
@@ -40,12 +42,12 @@ def test_training_precision_is_rejected_for_a_family_kscale_does_not_train():
 def test_smallest_slice_plans_trains_and_writes_rows_per_build(tmp_path):
     from kscale.results import load_results
 
-    plan = _sweep(*SLICE, f"results_dir={tmp_path}", "plan=true").stdout
+    plan = _sweep(*SLICE, f"results_dir={tmp_path}", "plan=true", cache=tmp_path / "cache").stdout
     # one job per build, named by its precision; both builds' training priced (nothing cached yet)
     assert "toy-L1-d4[w4]" in plan and re.search(r"^toy-L1-d4 ", plan, re.M)
     assert re.search(r"training: 2 of 2 runs to train .* FLOP \(6·N·D\)", plan)
     assert not (tmp_path / "slice").exists()
-    _sweep(*SLICE, f"results_dir={tmp_path}")
+    _sweep(*SLICE, f"results_dir={tmp_path}", cache=tmp_path / "cache")
     df = load_results(tmp_path / "slice")
     assert len(df) == 4 and (df["status"] == "ok").all()
     assert sorted(zip(df["train_bits_w"], df["bits"])) == [(4, 4), (4, 16), (16, 4), (16, 16)]
@@ -62,5 +64,5 @@ def test_smallest_slice_plans_trains_and_writes_rows_per_build(tmp_path):
     assert "### Training precision" in summary and row
     assert float(row.group(1)) == pytest.approx(delta_low[4] - delta_low[16], rel=1e-3)
     # a second command finds both builds trained: plan prices no training
-    again = _sweep(*SLICE, f"results_dir={tmp_path}", "plan=true").stdout
+    again = _sweep(*SLICE, f"results_dir={tmp_path}", "plan=true", cache=tmp_path / "cache").stdout
     assert "training: 0 of 2 runs to train" in again

@@ -34,7 +34,7 @@ from kscale.quant.formats.base import (
 from kscale.quant.gguf import GGUF_TYPES, fake_quantize_gguf, quantize_gguf
 from kscale.quant.gguf.recipes import tensor_type_fallback
 
-__all__ = ["GGUFTypeConfig", "GGUFTypeFormat", "nominal_bits", "stored_type"]
+__all__ = ["GGUFTypeConfig", "ImatrixTypeConfig", "GGUFTypeFormat", "nominal_bits", "stored_type"]
 
 F16 = "f16"
 
@@ -53,21 +53,19 @@ def stored_type(name: str, n_per_row: int) -> str:
 
 
 @dataclass(frozen=True)
-class GGUFTypeConfig(NamedTypeConfig):
-    """A GGUF block type; ``imatrix`` = weight the rounding error by the calibration importance
-    matrix (only for the types that take one; see :class:`GGUFTypeFormat`)."""
+class ImatrixTypeConfig(NamedTypeConfig):
+    """What a GGUF per-tensor type and a llama.cpp file type share: the ``imatrix`` switch, read
+    against the GGUF type that decides whether an importance matrix applies (``gguf_type``)."""
 
     imatrix: bool = False
 
-    def __post_init__(self) -> None:
-        types = GGUF_TYPES
-        if self.name not in types:
-            raise ValueError(f"unknown GGUF type {self.name!r}; types: {', '.join(sorted(types))}")
-        if not isinstance(self.imatrix, bool):
-            raise ValueError(f"imatrix must be true or false; got {self.imatrix!r}")
-        if self.imatrix and not types[self.name].takes_imatrix:
-            raise ValueError(f"GGUF type {self.name} does not take an importance matrix; "
-                             "set imatrix=false")
+    @property
+    def gguf_type(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def takes_imatrix(self) -> bool:
+        return self.gguf_type in GGUF_TYPES and GGUF_TYPES[self.gguf_type].takes_imatrix
 
     @property
     def needs_calibration(self) -> bool:
@@ -75,7 +73,7 @@ class GGUFTypeConfig(NamedTypeConfig):
 
     @property
     def bits(self) -> int:
-        return nominal_bits(self.name)
+        return nominal_bits(self.gguf_type)
 
     @property
     def label(self) -> str:
@@ -83,9 +81,29 @@ class GGUFTypeConfig(NamedTypeConfig):
 
     def to_row(self) -> dict[str, Any]:
         row = super().to_row()
-        if GGUF_TYPES[self.name].takes_imatrix:
+        if self.takes_imatrix:
             row["imatrix"] = self.imatrix
         return row
+
+
+@dataclass(frozen=True)
+class GGUFTypeConfig(ImatrixTypeConfig):
+    """A GGUF block type; ``imatrix`` = weight the rounding error by the calibration importance
+    matrix (only for the types that take one; see :class:`GGUFTypeFormat`)."""
+
+    def __post_init__(self) -> None:
+        types = GGUF_TYPES
+        if self.name not in types:
+            raise ValueError(f"unknown GGUF type {self.name!r}; types: {', '.join(sorted(types))}")
+        if not isinstance(self.imatrix, bool):
+            raise ValueError(f"imatrix must be true or false; got {self.imatrix!r}")
+        if self.imatrix and not self.takes_imatrix:
+            raise ValueError(f"GGUF type {self.name} does not take an importance matrix; "
+                             "set imatrix=false")
+
+    @property
+    def gguf_type(self) -> str:
+        return self.name
 
 
 class GGUFTypeFormat(StorageFormat):

@@ -30,12 +30,11 @@ import torch
 from torch import nn
 
 from kscale.quant.formats.base import (
-    NamedTypeConfig,
     StorageFormat,
     TensorTarget,
     register_format,
 )
-from kscale.quant.formats.gguf import GGUFTypeConfig, nominal_bits
+from kscale.quant.formats.gguf import GGUFTypeConfig, ImatrixTypeConfig
 from kscale.quant.gguf import GGUF_TYPES, recipes
 from kscale.quant.modules import QUANTIZABLE_TYPES
 
@@ -50,12 +49,10 @@ F16 = "f16"
 
 
 @dataclass(frozen=True)
-class GGUFFileConfig(NamedTypeConfig):
+class GGUFFileConfig(ImatrixTypeConfig):
     """A llama.cpp file type; ``imatrix`` = every tensor whose type takes an importance matrix
     gets the one of its inputs. ``llama-quantize`` refuses ``q2_k_s`` without one; kscale allows
     ``imatrix=false`` so a grid can measure what the importance matrix buys."""
-
-    imatrix: bool = False
 
     def __post_init__(self) -> None:
         file_types = recipes.FILE_TYPES
@@ -64,7 +61,7 @@ class GGUFFileConfig(NamedTypeConfig):
                              f"{', '.join(FTYPE_PREFIX + f for f in file_types)}")
         if not isinstance(self.imatrix, bool):
             raise ValueError(f"imatrix must be true or false; got {self.imatrix!r}")
-        if self.imatrix and not _takes_imatrix(self.base_type):
+        if self.imatrix and not self.takes_imatrix:
             raise ValueError(f"file type {self.file_type} (base {self.base_type}) takes no importance "
                              "matrix; set imatrix=false")
 
@@ -77,22 +74,8 @@ class GGUFFileConfig(NamedTypeConfig):
         return recipes.FILE_TYPES[self.file_type]
 
     @property
-    def needs_calibration(self) -> bool:
-        return self.imatrix
-
-    @property
-    def bits(self) -> int:
-        return nominal_bits(self.base_type)
-
-    @property
-    def label(self) -> str:
-        return self.name + ("-imatrix" if self.imatrix else "")
-
-    def to_row(self) -> dict[str, Any]:
-        row = super().to_row()
-        if _takes_imatrix(self.base_type):
-            row["imatrix"] = self.imatrix
-        return row
+    def gguf_type(self) -> str:
+        return self.base_type
 
 
 def _takes_imatrix(gguf_type: str) -> bool:

@@ -32,14 +32,16 @@ N_MODELS = 2
 
 @pytest.fixture(scope="module")
 def toy_args() -> list[str]:
-    """The sweep without results_dir/name: the two smallest toy rungs, a tiny eval."""
+    """The sweep without results_dir/name: the two smallest toy rungs, a small eval (32k tokens:
+    long enough per cell that a cancel or signal sent after the first row lands mid-job on a quiet
+    machine; with 4k tokens both tasks could finish first and the cancel found nothing to kill)."""
     import kscale.toy  # noqa: F401 - registers the toy family
     from kscale.models import get_family
 
     smallest = list(get_family("toy").sizes)[:N_MODELS]  # the family lists its rungs smallest first
     return ["model=toy", f"model.sizes=[{','.join(smallest)}]",
             "model.provider_options.tokens_per_param=2", "eval=toy",
-            "eval.perplexity=[{dataset:toy,max_tokens:4096}]", "report=false", "progress=false",
+            "eval.perplexity=[{dataset:toy,max_tokens:32768}]", "report=false", "progress=false",
             *GRID]
 
 

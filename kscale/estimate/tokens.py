@@ -191,12 +191,9 @@ def eval_tokens(plan: Any, spec: Any) -> EvalTokens:
 
 def _token_cache_file(plan: Any, tokenizer: Any, key: tuple):
     """Where the token counts of one (tokenizer, eval) live in the cache dir (None without one)."""
-    # on use: kscale.estimate imports without torch
-    from kscale.evaluate.perplexity import tokenizer_fingerprint
-
     if getattr(plan, "cache_dir", None) is None:
         return None
-    digest = hashlib.sha256(json.dumps([tokenizer_fingerprint(tokenizer), *map(str, key)]).encode()).hexdigest()
+    digest = hashlib.sha256(json.dumps([_fingerprint(tokenizer), *map(str, key)]).encode()).hexdigest()
     return Path(plan.cache_dir) / "plan-tokens" / f"{digest[:24]}.json"
 
 
@@ -230,20 +227,36 @@ def _zeroshot_tokens(plan, family, tokenizer, s, spec) -> tuple[int, int, bool]:
     """``(tokens read, tokens scored, sampled)`` over every request, as ``encode_pair`` splits it
     and ``request_window`` left-truncates it at the model context; a task of more than
     :data:`ZEROSHOT_SAMPLE_ITEMS` items is counted on a seeded sample and scaled up."""
-    items = _task_items(s.task, plan.data_dir, s.limit)
-    scale_read = scale_scored = 1.0
-    sampled = len(items) > ZEROSHOT_SAMPLE_ITEMS
-    if sampled:
-        # ratio estimate: tokens track characters closely, so scale the sample's tokens by the
-        # task's characters over the sample's (measured with GPT-2's tokenizer on the four tasks:
-        # within 1.4 % of a full count per task, 0.3 % in total, where scaling by the item count
-        # was off by up to 3.6 %)
-        pick = np.sort(np.random.default_rng(0).choice(len(items), ZEROSHOT_SAMPLE_ITEMS, replace=False))
-        chars = lambda its: (sum(len(r.context) + len(r.continuation) for it in its for r in it.requests),  # noqa: E731
-                             sum(len(r.continuation) for it in its for r in it.requests))
-        (all_read, all_cont), items = chars(items), [items[i] for i in pick]
-        some_read, some_cont = chars(items)
-        scale_read, scale_scored = all_read / max(1, some_read), all_cont / max(1, some_cont)
+    pairs, scale_read, scale_scored, sampled = _request_lengths(tokenizer, s.task, plan.data_dir, s.limit)
+    max_len = _model_context(plan, family, spec)
+    read = sum(min(c + n, max_len + 1) - 1 for c, n in pairs)
+    return int(round(read * scale_read)), int(round(sum(n for _, n in pairs) * scale_scored)), sampled
+
+
+_LENGTHS: dict[tuple, tuple[list[tuple[int, int]], float, float, bool]] = {}
+_FINGERPRINTS: dict[int, tuple[Any, str]] = {}
+
+
+def _fingerprint(tokenizer: Any) -> str:
+    """:func:`tokenizer_fingerprint`, once per tokenizer object (it serialises the vocabulary)."""
+    # on use: kscale.estimate imports without torch
+    from kscale.evaluate.perplexity import tokenizer_fingerprint
+
+    held = _FINGERPRINTS.get(id(tokenizer))
+    if held is None or held[0] is not tokenizer:  # the object is kept, so its id is not reused
+        held = _FINGERPRINTS[id(tokenizer)] = (tokenizer, tokenizer_fingerprint(tokenizer))
+    return held[1]
+
+
+def _request_lengths(tokenizer: Any, task: str, data_dir: Any, limit: int | None):
+    """``(pairs of (context, continuation) token counts, read scale, scored scale, sampled)`` of a
+    task's requests under one tokenizer. Independent of the model's context, so a plan counts
+    each (tokenizer, task) once, however many families and sizes share the tokenizer (a cold
+    ``experiment=dettmers2022 plan=true`` tokenized the same requests 16 times)."""
+    key = (_fingerprint(tokenizer), task, str(data_dir), limit)
+    if key in _LENGTHS:
+        return _LENGTHS[key]
+    items, scale_read, scale_scored, sampled = _task_sample(task, data_dir, limit)
     reqs = [r for it in items for r in it.requests]
     enc = lambda texts: [len(i) for i in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []  # noqa: E731
     full = [r for r in reqs if r.context]
@@ -252,9 +265,34 @@ def _zeroshot_tokens(plan, family, tokenizer, s, spec) -> tuple[int, int, bool]:
     ctx = enc([r.context.rstrip() if r.context != r.context.rstrip() else r.context for r in full])
     pairs = [(c, w - c) for c, w in zip(ctx, whole)]
     pairs += [(1, n) for n in enc([r.continuation for r in reqs if not r.context])]  # BOS stands in
-    max_len = _model_context(plan, family, spec)
-    read = sum(min(c + n, max_len + 1) - 1 for c, n in pairs)
-    return int(round(read * scale_read)), int(round(sum(n for _, n in pairs) * scale_scored)), sampled
+    _LENGTHS[key] = (pairs, scale_read, scale_scored, sampled)
+    return _LENGTHS[key]
+
+
+_SAMPLES: dict[tuple, tuple[list, float, float, bool]] = {}
+
+
+def _task_sample(task: str, data_dir: Any, limit: int | None) -> tuple[list, float, float, bool]:
+    """``(items to count, read scale, scored scale, sampled)``: a task of more than
+    :data:`ZEROSHOT_SAMPLE_ITEMS` items is counted on a seeded sample, scaled by the task's
+    characters over the sample's (tokens track characters closely: measured with GPT-2's
+    tokenizer on the four tasks, within 1.4 % of a full count per task, 0.3 % in total, where
+    scaling by the item count was off by up to 3.6 %). Once per task: the character sums over
+    every item cost as much as tokenizing the sample."""
+    key = (task, str(data_dir), limit)
+    if key not in _SAMPLES:
+        items = _task_items(task, data_dir, limit)
+        scale_read = scale_scored = 1.0
+        sampled = len(items) > ZEROSHOT_SAMPLE_ITEMS
+        if sampled:
+            pick = np.sort(np.random.default_rng(0).choice(len(items), ZEROSHOT_SAMPLE_ITEMS, replace=False))
+            chars = lambda its: (sum(len(r.context) + len(r.continuation) for it in its for r in it.requests),  # noqa: E731
+                                 sum(len(r.continuation) for it in its for r in it.requests))
+            (all_read, all_cont), items = chars(items), [items[i] for i in pick]
+            some_read, some_cont = chars(items)
+            scale_read, scale_scored = all_read / max(1, some_read), all_cont / max(1, some_cont)
+        _SAMPLES[key] = (items, scale_read, scale_scored, sampled)
+    return _SAMPLES[key]
 
 
 _ITEMS: dict[tuple, list] = {}

@@ -13,7 +13,7 @@ import pytest
 
 from kscale.report.context import ReportOptions, StudyContext
 from kscale.report.sections import SECTIONS
-from kscale.report.sections.precision import robustification
+from kscale.report.sections.precision import _against_paper, _most_sensitive, robustification
 
 _spec = importlib.util.spec_from_file_location("precision_rows", Path(__file__).parents[1] / "fit" / "test_precision_law.py")
 _mod = importlib.util.module_from_spec(_spec)
@@ -55,7 +55,8 @@ def test_precision_section_recovers_gammas_and_states_the_answers(tmp_path):
     best = grid[np.argmax(g)]
     got = float(re.search(r"P\* = ([0-9.]+) bits", text).group(1))
     assert abs(got - best) < 0.5 and "N·D·P" in text
-    assert ("disagrees with the paper" in text) == (not 6.5 <= got <= 8.5)
+    lo, hi = (float(x) for x in re.search(r"P\* = [0-9.]+ bits \[([0-9.e+-]+), ([0-9.e+-]+)\]", text).groups())
+    assert ("disagrees with the paper" in text) == (hi < 7 or lo > 8)
 
 
 def test_no_section_when_every_model_was_trained_at_16_bits(tmp_path):
@@ -63,3 +64,36 @@ def test_no_section_when_every_model_was_trained_at_16_bits(tmp_path):
     df = df[(df.train_bits_w == 16) & (df.train_bits_a == 16) & (df.train_bits_kv == 16)]
     ctx = StudyContext(tmp_path, df, ReportOptions(n_bootstrap=0), out_dir=tmp_path).families[0]
     assert SECTIONS.get("precision")(ctx).markdown == []
+
+
+class _Boot:
+    def __init__(self, samples):
+        self.samples = np.asarray(samples, dtype=float)
+
+
+def test_the_most_sensitive_part_is_resolved_only_when_the_bootstrap_agrees():
+    rng = np.random.default_rng(0)
+    names = ["gamma_w", "gamma_a", "gamma_kv"]
+    apart = _Boot(np.column_stack([rng.normal(3.0, 0.1, 400), rng.normal(1.5, 0.1, 400), rng.normal(1.0, 0.1, 400)]))
+    line = _most_sensitive({"gamma_w": 3.0, "gamma_a": 1.5, "gamma_kv": 1.0}, apart, names)
+    assert "most sensitive part is w " in line and "largest in 100% of the bootstrap resamples, resolved" in line
+    # the toy's case: γ_w 2.4 [1.7, 5.1] against γ_a 1.5 [1.0, 4.5]: w is largest in only some resamples
+    overlap = _Boot(np.column_stack([rng.lognormal(np.log(2.4), 0.35, 400), rng.lognormal(np.log(1.5), 0.45, 400),
+                                     rng.lognormal(np.log(1.4), 0.6, 400)]))
+    line = _most_sensitive({"gamma_w": 2.4, "gamma_a": 1.5, "gamma_kv": 1.4}, overlap, names)
+    share = float(re.search(r"largest in (\d+)%", line).group(1)) / 100
+    expect = np.mean(np.argmax(overlap.samples, axis=1) == 0)
+    assert share == pytest.approx(expect, abs=0.006) and 0.5 < share < 0.95 and "not resolved" in line
+
+
+@pytest.mark.parametrize("center, spread, verdict", [
+    (3.3, 0.2, "disagrees with the paper"),      # interval [2.9, 3.7] excludes 7-8
+    (3.3, 2.2, "not resolved against the paper"),  # interval reaches 7: the point estimate alone says nothing
+    (7.4, 0.5, "agrees with the paper"),
+    (11.0, 0.5, "disagrees with the paper"),
+])
+def test_the_paper_comparison_is_judged_on_the_interval(center, spread, verdict):
+    draws = np.random.default_rng(1).normal(center, spread, 2000)
+    line = _against_paper(center, draws)
+    assert verdict in line, line
+    assert sum(bool(re.search(v, line)) for v in (r"\bdisagrees\b", r"not resolved", r"\bagrees with\b")) == 1

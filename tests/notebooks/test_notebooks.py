@@ -176,3 +176,76 @@ def test_formats_notebook(kernel_env, monkeypatch):
     assert "alpha = " in _text(_tagged(nb, "offsets")) and "known" in _text(_tagged(nb, "offsets"))
     assert "P(best)" in _text(_tagged(nb, "ranking"))
     assert _n_images(_tagged(nb, "figure")) == 1
+
+
+PRECISION_STUDY = ROOT / "results" / "toy-precision"
+
+
+@pytest.mark.slow
+def test_precision_notebook(kernel_env, monkeypatch):
+    import numpy as np
+    import pandas as pd
+
+    from kscale.fit import fit_law
+
+    assert (PRECISION_STUDY / "rows").is_dir(), f"the committed study is missing: {PRECISION_STUDY}"
+    nb = _execute("05-precision.ipynb", monkeypatch)
+    _assert_clean_run(nb)
+    assert "study: toy-precision" in _text(_tagged(nb, "setup"))
+    # recomputed by hand from the committed table (no kscale helper): weights-only ok cells, every checkpoint
+    t = pd.read_csv(PRECISION_STUDY / "table.csv")
+    t = t[t["status"].eq("ok") & t["act_bits"].fillna(16).ge(16) & t["kv_bits"].fillna(16).ge(16)].copy()
+    for c in ("train_bits_w", "train_bits_a", "train_bits_kv", "bits"):
+        t[c] = t[c].fillna(16).astype(int)
+    close = lambda printed, value: np.isclose(float(printed), value, rtol=1e-3, atol=1e-9)  # 4 printed digits
+
+    def model_losses(w):  # nll per (size, checkpoint) x post-training bits, weights trained at w, a = kv = 16
+        m = t[t["train_bits_w"].eq(w) & t["train_bits_a"].eq(16) & t["train_bits_kv"].eq(16)]
+        return m.pivot_table(index=["size", "revision"], columns="bits", values="nll_toy")
+
+    full = model_losses(16)
+    w3 = model_losses(3)
+    pre = _text(_tagged(nb, "pretraining"))
+    m = re.search(r"w3: mean increase ([+-][0-9.]+) nats over (\d+) ", pre)
+    assert m and int(m.group(2)) == len(w3)
+    assert abs(float(m.group(1)) - (w3[16] - full[16]).mean()) < 1e-4
+    assert _n_images(_tagged(nb, "pretraining")) == 1
+
+    rob = _text(_tagged(nb, "robustification"))
+    for k in (3, 4, 6):
+        low = model_losses(k)
+        d_low, d_full = (low[k] - low[16]), (full[k] - full[16])[low.index]
+        diff = d_low - d_full
+        m = re.search(rf"k={k}: (\d+) pairs; δ_PTQ trained at k = (\S+), trained at 16 = (\S+); "
+                      rf"difference = (\S+) ± (\S+) ", rob)
+        assert m, f"no robustification line for k={k}:\n{rob}"
+        assert int(m.group(1)) == len(diff) == 6
+        assert close(m.group(2), d_low.mean()) and close(m.group(3), d_full.mean())
+        assert close(m.group(4), diff.mean()) and close(m.group(5), diff.std(ddof=1) / np.sqrt(len(diff)))
+    assert _n_images(_tagged(nb, "robustification")) == 1
+
+    # the law refitted here on the same cells: the notebook prints its γ's, and w is the largest
+    fit = fit_law(t, "precision", y="nll_toy")
+    gam = _text(_tagged(nb, "gammas"))
+    printed = {}
+    for g in ("gamma_w", "gamma_a", "gamma_kv"):
+        m = re.search(rf"^{g} = ([0-9.eE+-]+) \(95% interval \[([0-9.eE+-]+), ([0-9.eE+-]+)\]\)", gam, re.M)
+        assert m, f"no {g} line:\n{gam}"
+        printed[g] = float(m.group(1))
+        assert abs(printed[g] - fit.params[g]) <= 2e-3 * fit.params[g], (g, printed[g], fit.params[g])
+        assert float(m.group(2)) <= printed[g] <= float(m.group(3))
+    most = max(printed, key=printed.get).removeprefix("gamma_")
+    assert re.search(rf"most sensitive part: {most} \(", gam)
+
+    # P* = argmax of Π(1 − e^(−P/γ))/P, recomputed from the printed γ's; inside its printed interval
+    opt = _text(_tagged(nb, "optimal-bits"))
+    m = re.search(r"P\* = ([0-9.]+) bits \(95% bootstrap interval \[([0-9.]+), ([0-9.]+)\]", opt)
+    assert m, opt
+    p_star, lo, hi = map(float, m.groups())
+    grid = np.linspace(1, 16, 15001)
+    capacity = np.prod([-np.expm1(-grid / g) for g in printed.values()], axis=0) / grid
+    assert abs(p_star - grid[capacity.argmax()]) <= 0.02
+    assert lo <= p_star <= hi
+    inside = hi >= 7 and lo <= 8
+    assert f"paper's 7-8 bits: {'overlaps' if inside else 'outside'} the 95% interval" in opt
+    assert _n_images(_tagged(nb, "optimal-bits")) == 1

@@ -29,8 +29,8 @@ reported per row as ``kl_<data>_tail`` (the mean of ``B``): the exact mean KL li
 is loose — on a 130-word toy language at k = 64 it is ~0.013 nats against a KL of ~2e-4 — and
 says where raising ``kl_top_k`` could matter, not how much it would change. The stored values are float32, so the 16-bit model scored against its
 own reference gets exactly zero (same numbers in, same numbers out): a model's log-probabilities
-are computed from its float32 logits and a float64 log-sum-exp and rounded to float32 exactly where the stored
-ones were.
+are computed from its float32 logits and a log-sum-exp (float32 exps and sum, float64 log) and rounded to
+float32 exactly where the stored ones were.
 """
 from __future__ import annotations
 
@@ -84,21 +84,43 @@ class TokenScores:
                    np.zeros(n, np.float64) if with_kl else None, np.zeros(n, np.float64) if with_kl else None)
 
 
+_SCRATCH: dict[tuple, torch.Tensor] = {}
+
+
+def _scratch(like: torch.Tensor) -> torch.Tensor:
+    """A buffer shaped like ``like`` (one [rows, V] chunk of a window's logits), reused across chunks
+    per device: the largest seen is kept, smaller windows take a view of it."""
+    key = (like.device.type, like.device.index, like.dtype)
+    numel = like.numel()
+    buf = _SCRATCH.get(key)
+    if buf is None or buf.numel() < numel:
+        _SCRATCH.clear()  # one buffer at a time: a new vocabulary or a longer window replaces it
+        buf = _SCRATCH[key] = torch.empty(numel, dtype=like.dtype, device=like.device)
+    return buf[:numel].view(like.shape)
+
+
 def score_rows(logits, targets, out: TokenScores, at: int, ref: TokenReference | None, *,
-               record: bool, top_k: int) -> None:
+               record: bool, top_k: int, top1: bool = True) -> None:
     """Score ``logits[n, V]`` (float32) against ``targets[n]`` into ``out[at : at + n]``.
 
     ``record``: this is the reference pass; store its top-k (when ``top_k``) into ``ref`` first,
     then score against it like any model (so its paired statistics are exactly zero).
-    ``ref`` None: no KL (the spec has ``kl: false`` or no reference exists yet)."""
+    ``ref`` None: no KL (the spec has ``kl: false`` or no reference exists yet). ``top1``: record
+    each token's argmax (for same-top-1, reported with KL); left as zeros otherwise."""
     n = logits.shape[0]
     sl = slice(at, at + n)
-    # log-sum-exp with float32 exps summed in float64: per-token NLL differences to ~1e-7 nats
-    # without a float64 [n, V] copy (log q of any token is its logit minus lse)
-    top = logits.max(-1, keepdim=True).values
-    lse = top[:, 0].double() + torch.log(torch.exp(logits - top).sum(-1, dtype=torch.float64))
+    # log-sum-exp: float32 exps of (logit - max) into a reused buffer, their sum, the log in
+    # float64 (log q of any token is its logit minus lse). Measured on [83, 50272] rows (2 cores):
+    # amax 0.5 ms where max-with-indices takes 5 ms, and a float32 sum 0.55 ms where summing the
+    # float32 exps in float64 took 4.5 ms, for an NLL within 1e-7 nats of it (torch's pairwise
+    # sum) — below the float32 rounding of the logits themselves (~1e-6 at |logit| ~ 20).
+    # Together: 6 ms where this took 20 (cross_entropy alone: 4.9).
+    top = logits.amax(-1)
+    exps = torch.sub(logits, top[:, None], out=_scratch(logits)).exp_()
+    lse = top.double() + torch.log(exps.sum(-1).double())
     out.nll[sl] = (lse - logits.gather(1, targets[:, None])[:, 0].double()).cpu().numpy()
-    out.top1[sl] = logits.argmax(-1).cpu().numpy()
+    if top1:  # same-top-1 is a KL statistic: argmax is another 5 ms pass, taken only for it
+        out.top1[sl] = logits.argmax(-1).cpu().numpy()
     if record:
         ref.nll[sl] = out.nll[sl]
         ref.top1[sl] = out.top1[sl]

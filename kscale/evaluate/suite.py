@@ -416,7 +416,7 @@ class EvalSuite:
             for a in range(0, n, step):
                 b = min(a + step, n)
                 score_rows(logits[a:b], targets[a:b], scores, o + a, p.ref, record=reference,
-                           top_k=p.spec.kl_top_k)
+                           top_k=p.spec.kl_top_k, top1=p.spec.kl)
 
     def _zeroshot(self, model, t: _PreparedTask, progress: bool, reference: bool,
                   stats: ForwardStats) -> dict[str, float]:

@@ -196,7 +196,10 @@ def test_kl_and_top1(tok, tiny_gpt2, data_dir):
             logq = torch.log_softmax(tiny_gpt2(ids[None, i * 32 : (i + 1) * 32]).logits[0, :-1], -1)
             expected.append((-math.log(50257) - logq.mean(-1)).numpy())
             agree += int((logq.argmax(-1) == 0).sum())  # uniform argmax is token 0
-    assert got["kl_wikitext2"] == pytest.approx(float(np.concatenate(expected).mean()), rel=1e-5)
+    # KL(uniform || q) is ln V (10.8) minus a mean of log-probabilities: float32 log-sum-exps carry
+    # ~1e-7 relative of those (~1e-6 nats); kscale's is 2.8e-7 from the float64 truth (1e-4 of this
+    # small KL), as close as torch's own float32 log_softmax (3.2e-7)
+    assert got["kl_wikitext2"] == pytest.approx(float(np.concatenate(expected).mean()), abs=5e-7)
     assert got["kl_wikitext2_tail"] == 0.0
     assert got["top1_wikitext2"] == pytest.approx(agree / 124)
 

@@ -12,7 +12,9 @@ For each layer size (default 1024x1024 and 4096x4096) this measures, in one run:
   drawn from the calibration distribution (low rank + noise, uneven feature scales).
 
 Target (issue 7): ``gptq_s / ref_s <= 1`` (no slower than the reference) and ``err_ratio < 1``.
-Times exclude computing H (shared by both). Run: ``python benchmarks/gptq_speed.py``
+Times exclude computing H (shared by both). The four commands alternate over ``--repeats`` rounds
+(``benchmarks/timing.py``, issue 19 §5): each ``*_s`` is a median, and ``gptq_vs_ref`` the
+median of the per-round ratios with its min-max spread. Run: ``python benchmarks/gptq_speed.py``
 (``--sizes 1024 4096 --bits 4 --threads 1``); prints a table and, with ``--json PATH``, writes it.
 """
 from __future__ import annotations
@@ -20,9 +22,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import time
+import statistics
 
 import torch
+from timing import DEFAULT_REPEATS, alternate, fmt, load, ratios, verdict
 
 from kscale.quant import QuantSpec, fake_quantize
 from kscale.quant.gptq import KbitQuantizer, gptq_quantize
@@ -55,16 +58,7 @@ def reference_gptq(W: torch.Tensor, H: torch.Tensor, bits: int, damp: float = 0.
     return Q
 
 
-def _timed(fn, repeat: int) -> tuple[float, object]:
-    best, out = float("inf"), None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
-
-
-def bench_layer(n: int, bits: int, nsamples: int, repeat: int, seed: int = 0) -> dict:
+def bench_layer(n: int, bits: int, nsamples: int, repeats: int, seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(seed)
     rank = max(8, n // 32)
     basis = torch.randn(n, rank, generator=g)
@@ -79,11 +73,17 @@ def bench_layer(n: int, bits: int, nsamples: int, repeat: int, seed: int = 0) ->
     row = QuantSpec(bits, "int", blocksize=None)
     b64 = QuantSpec(bits, "nf", blocksize=64)
 
-    fake_quantize(W, row)  # warm-up: the first call may compile the fused RTN kernel
-    rtn_s, R = _timed(lambda: fake_quantize(W, row), repeat)
-    ref_s, Qref = _timed(lambda: reference_gptq(W, H, bits), repeat)
-    gptq_s, res = _timed(lambda: gptq_quantize(W, H, KbitQuantizer(row, W), blocksize=None), repeat)
-    gptq_b64_s, res64 = _timed(lambda: gptq_quantize(W, H, KbitQuantizer(b64, W), blocksize=64), repeat)
+    out: dict[str, object] = {}
+    commands = {  # each keeps its last output for the error ratios
+        "rtn": lambda: out.__setitem__("rtn", fake_quantize(W, row)),
+        "ref": lambda: out.__setitem__("ref", reference_gptq(W, H, bits)),
+        "gptq": lambda: out.__setitem__("gptq", gptq_quantize(W, H, KbitQuantizer(row, W), blocksize=None)),
+        "gptq_b64": lambda: out.__setitem__("gptq_b64", gptq_quantize(W, H, KbitQuantizer(b64, W), blocksize=64)),
+    }
+    t = alternate(commands, repeats)  # the warm-up round compiles the fused RTN kernel
+    rtn_s, ref_s, gptq_s, gptq_b64_s = (statistics.median(t[k]) for k in commands)
+    R, Qref, res, res64 = out["rtn"], out["ref"], out["gptq"], out["gptq_b64"]
+    vs_ref = ratios(t["gptq"], t["ref"])
 
     def out_err(Q: torch.Tensor) -> float:
         return float(((W - Q) @ X_held).pow(2).sum())
@@ -97,7 +97,10 @@ def bench_layer(n: int, bits: int, nsamples: int, repeat: int, seed: int = 0) ->
         "ref_s": ref_s,
         "gptq_s": gptq_s,
         "gptq_b64_s": gptq_b64_s,
-        "gptq_vs_ref": gptq_s / ref_s,
+        "gptq_vs_ref": statistics.median(vs_ref),
+        "gptq_vs_ref_spread": fmt(vs_ref),
+        "gptq_vs_ref_target": verdict(vs_ref, 1.0, higher_is_better=False),
+        "load": load(),
         "gptq_vs_rtn": gptq_s / rtn_s,
         "err_ratio": out_err(res.Q) / err_rtn,
         "err_ratio_ref": out_err(Qref) / err_rtn,
@@ -110,7 +113,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 4096], help="layer sizes n (n x n)")
     parser.add_argument("--bits", type=int, default=4)
     parser.add_argument("--nsamples", type=int, default=2048, help="calibration input vectors")
-    parser.add_argument("--repeat", type=int, default=1, help="best of R timings")
+    parser.add_argument("--repeats", type=int, default=DEFAULT_REPEATS, help="alternating rounds (median)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: on a shared, loaded CPU more threads spin-wait; 0 = torch's default)")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
@@ -121,7 +124,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     torch.backends.cuda.matmul.allow_tf32 = False
     rows = []
     for n in args.sizes:
-        rows.append(bench_layer(n, args.bits, args.nsamples, args.repeat))
+        rows.append(bench_layer(n, args.bits, args.nsamples, args.repeats))
         log.info("done %dx%d", n, n)
     cols = ["layer", "rtn_s", "ref_s", "gptq_s", "gptq_b64_s", "gptq_vs_ref", "gptq_vs_rtn", "err_ratio", "err_ratio_ref", "err_ratio_b64"]
     print(" ".join(f"{c:>13}" for c in cols))
@@ -130,6 +133,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(rows, fh, indent=2)
+    for r in rows:
+        print(f"{r['layer']}: GPTQ / reference time = {r['gptq_vs_ref_spread']} (target <= 1x: "
+              f"{r['gptq_vs_ref_target']}; {r['load']})")
     return rows
 
 

@@ -106,14 +106,15 @@ def precision_section(ctx: FamilyContext) -> SectionOutput:
             md.append(f"| {gamma} | {fit.params[gamma]:.4g}{'' if varied else ' (not varied)'} | [{fmt(lo)}, {fmt(hi)}] "
                       f"| {PAPER_CONSTANTS[gamma]:g} |")
         md.append("")
+        # the bootstrap's γ draws, read once for both the sensitivity share and P*'s interval
+        names = list(fit.layout.names)
+        samples = {g: boot.samples[:, names.index(g)] for g in TRAIN_BITS.values()} if boot is not None else None
         varied = {g: fit.params[g] for c, g in TRAIN_BITS.items() if data[c].nunique() > 1}
         if varied:
-            sentences.insert(0, _most_sensitive(varied, boot, list(fit.layout.names)))
+            sentences.insert(0, _most_sensitive(varied, samples))
         best = float(compute_optimal_training_bits(fit.params))
         spread, draws = "", None
-        if boot is not None:
-            names = list(fit.layout.names)
-            samples = {g: boot.samples[:, names.index(g)] for g in TRAIN_BITS.values()}
+        if samples is not None:
             draws = compute_optimal_training_bits(samples)
             spread = f" [{np.percentile(draws, 2.5):.3g}, {np.percentile(draws, 97.5):.3g}]"
         md += ["Compute-optimal training precision: the cost of training is N·D·P bit-FLOPs (Kumar et al. §4.3: "
@@ -121,25 +122,25 @@ def precision_section(ctx: FamilyContext) -> SectionOutput:
                "is lowest where N_eff/(N·P) = Π(1 − e^(−P/γ_x))/P is largest, which does not depend on the budget.",
                "", f"P* = {best:.3g} bits{spread} (95% bootstrap interval).", ""]
         sentences.append(f"compute-optimal training precision P* = {best:.3g} bits{spread} at a fixed N·D·P budget")
-        line = _against_paper(best, draws if boot is not None else None)
-        if line:
-            md += [line[0].upper() + line[1:] + ".", ""]
-            sentences.append(line)
+        line = _against_paper(best, draws)
+        md += [line[0].upper() + line[1:] + ".", ""]
+        sentences.append(line)
     if sentences:
         out.answer = f"{ctx.family}: " + "; ".join(sentences) + "."
         md += ["**Answer.** " + out.answer, ""]
     return out
 
 
-def _most_sensitive(varied: dict[str, float], boot, names: list[str]) -> str:
+def _most_sensitive(varied: dict[str, float], samples: dict[str, np.ndarray] | None) -> str:
     """Which part needs the most training bits (largest γ), with the bootstrap share of resamples in
-    which it is the largest: a point estimate alone would name a winner the data do not resolve."""
+    which it is the largest (``samples``: γ name -> its bootstrap draws): a point estimate alone would
+    name a winner the data do not resolve."""
     most = max(varied, key=varied.get)
     line = (f"the most sensitive part is {most.removeprefix('gamma_')} ({most} = {varied[most]:.3g}; "
             "the larger γ, the more training bits it needs")
-    if boot is None or len(varied) < 2:
+    if samples is None or len(varied) < 2:
         return line + ")"
-    draws = np.column_stack([boot.samples[:, names.index(g)] for g in varied])
+    draws = np.column_stack([samples[g] for g in varied])
     share = float(np.mean(np.argmax(draws, axis=1) == list(varied).index(most)))
     verdict = "resolved" if share >= 0.95 else "not resolved: the γ intervals overlap"
     return line + f"; largest in {share:.0%} of the bootstrap resamples, {verdict})"
